@@ -1,0 +1,137 @@
+"""Continuous batching: which sequences run this step, and how many tokens each.
+
+Every running sequence gets its next token(s) first (decodes, or the rest of a chunked
+prefill); waiting sequences then take what is left of the token budget, oldest first, their
+prompts cut into chunks so a long prompt never stalls the others. When the KV pool runs out, the
+newest running sequence is preempted (its blocks freed, recomputed later) rather than any
+request failing.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig
+from engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class SchedulerOutput:
+    seqs: list[Sequence] = field(default_factory=list)  # in batch order
+    num_new_tokens: list[int] = field(default_factory=list)  # tokens each computes this step
+    sample_seqs: list[Sequence] = field(default_factory=list)  # sequences that sample a token
+    sample_rows: list[int] = field(default_factory=list)  # index into seqs of the logits to use
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.seqs
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
+        self.max_num_seqs = config.max_num_seqs
+        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.block_manager = block_manager
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def abort(self, request_id: str) -> list[Sequence]:
+        """Remove every sequence of ``request_id`` and free its blocks at once."""
+        removed = [s for s in self.waiting if s.request_id == request_id]
+        removed += [s for s in self.running if s.request_id == request_id]
+        for seq in removed:
+            removed += [c for c in seq.children if c not in removed]
+        self.waiting = deque(s for s in self.waiting if s.request_id != request_id)
+        self.running = [s for s in self.running if s.request_id != request_id]
+        for seq in removed:
+            self.finish(seq, "abort")
+        return removed
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        if seq.is_finished:
+            return
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        self.block_manager.free(seq)
+
+    def remove_finished(self) -> None:
+        self.running = [s for s in self.running if not s.is_finished]
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        bm = self.block_manager
+        preempted = False
+
+        scheduled: list[Sequence] = []
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            while not bm.can_allocate(seq, [], num_new):
+                victim = self.running.pop()  # the newest running sequence gives way
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            if seq.status is not SequenceStatus.RUNNING:
+                break
+            bm.allocate(seq, [], num_new)
+            scheduled.append(seq)
+            out.num_new_tokens.append(num_new)
+            budget -= num_new
+            i += 1
+
+        while self.waiting and budget > 0 and not preempted:
+            seq = self.waiting[0]
+            num_seqs = len(self.running) + len(seq.children)
+            if num_seqs + 1 > self.max_num_seqs and self.running:
+                break
+            hits = bm.lookup_prefix(seq)
+            num_new = min(seq.num_tokens - len(hits) * bm.block_size, budget)
+            if not bm.can_allocate(seq, hits, num_new):
+                break
+            bm.allocate(seq, hits, num_new)
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            scheduled.append(seq)
+            out.num_new_tokens.append(num_new)
+            budget -= num_new
+
+        out.seqs = scheduled
+        for row, (seq, num_new) in enumerate(zip(scheduled, out.num_new_tokens)):
+            if seq.num_computed_tokens + num_new < seq.num_tokens:
+                continue  # a prefill chunk that does not reach the end: nothing to sample yet
+            out.sample_seqs.append(seq)
+            out.sample_rows.append(row)
+            for child in seq.children:  # n > 1: siblings share the prompt's blocks from here on
+                bm.fork(seq, child)
+                child.num_computed_tokens = seq.num_computed_tokens + num_new
+                child.status = SequenceStatus.RUNNING
+                self.running.append(child)
+                out.sample_seqs.append(child)
+                out.sample_rows.append(row)
+            seq.children = []
+        return out
+
+    def postprocess(self, out: SchedulerOutput) -> None:
+        """Advance computed-token counters after the step's forward pass."""
+        for seq, num_new in zip(out.seqs, out.num_new_tokens):
+            seq.num_computed_tokens += num_new
+            self.block_manager.cache_full_blocks(seq)
