@@ -1,0 +1,98 @@
+"""Hugging Face folder (config.json + *.safetensors, maybe sharded) → ModelConfig + float32 tensors."""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors.torch import load_file
+
+from engine.models.config import ModelConfig
+
+# config.json "architectures" entry → our architecture name.
+HF_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
+
+
+def _as_id_list(value) -> list[int]:
+    """eos_token_id may be an int, a list of ints or absent."""
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def read_hf_config(folder: str) -> ModelConfig:
+    """ModelConfig from config.json (and generation_config.json for extra eos ids)."""
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    names = cfg.get("architectures") or []
+    arch = next((HF_ARCHITECTURES[n] for n in names if n in HF_ARCHITECTURES), None)
+    if arch is None:
+        raise ValueError(
+            f"unsupported architecture {names or cfg.get('model_type')!r}; "
+            f"supported: {', '.join(HF_ARCHITECTURES)}"
+        )
+    eos_ids = _as_id_list(cfg.get("eos_token_id"))
+    gen_path = os.path.join(folder, "generation_config.json")
+    if os.path.exists(gen_path):
+        with open(gen_path, encoding="utf-8") as f:
+            eos_ids += _as_id_list(json.load(f).get("eos_token_id"))
+    hidden = int(cfg["hidden_size"])
+    num_heads = int(cfg["num_attention_heads"])
+    # transformers 5 moves rope_theta into rope_parameters; older files have it at top level.
+    rope_params = cfg.get("rope_parameters") or {}
+    rope_scaling = cfg.get("rope_scaling")
+    if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
+        rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+    return ModelConfig(
+        architecture=arch,
+        vocab_size=int(cfg["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(cfg["intermediate_size"]),
+        num_hidden_layers=int(cfg["num_hidden_layers"]),
+        num_attention_heads=num_heads,
+        num_key_value_heads=int(cfg.get("num_key_value_heads") or num_heads),
+        head_dim=int(cfg.get("head_dim") or hidden // num_heads),
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))),
+        rope_scaling=rope_scaling,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        attention_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
+        bos_token_id=cfg.get("bos_token_id"),
+        eos_token_ids=list(dict.fromkeys(eos_ids)),
+        name=os.path.basename(os.path.normpath(folder)) or "model",
+    )
+
+
+def safetensors_files(folder: str) -> list[str]:
+    """The shard files: from model.safetensors.index.json when present, else every *.safetensors."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(folder, s) for s in shards]
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    if not files:
+        raise ValueError(f"no *.safetensors files in {folder}")
+    return [os.path.join(folder, f) for f in files]
+
+
+def load_hf_folder(folder: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Read a Hugging Face model folder: its ModelConfig and float32 tensors (HF names kept)."""
+    config = read_hf_config(folder)
+    tensors: dict[str, torch.Tensor] = {}
+    for path in safetensors_files(folder):
+        for name, tensor in load_file(path).items():
+            if name.endswith("rotary_emb.inv_freq"):
+                continue  # old checkpoints store the rotary table; the model recomputes it
+            tensors[name] = tensor.float() if tensor.is_floating_point() else tensor
+    if config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    elif "lm_head.weight" not in tensors:
+        # Some folders omit lm_head while config says untied; they are tied in practice.
+        config.tie_word_embeddings = True
+    return config, tensors
