@@ -1,0 +1,1 @@
+"""gptserve's HTTP server: an OpenAI-compatible API over engine.AsyncEngine."""

@@ -1,0 +1,154 @@
+"""create_app(settings, engine): assembles the app; builds nothing but the wiring."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Callable
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engine import AsyncEngine, EngineConfig
+from server.auth import APIKeyChecker, APIKeyMiddleware
+from server.errors import APIError, install_error_handlers
+from server.routes import router
+from server.serving import OpenAIServing
+from server.settings import Settings
+
+logger = logging.getLogger("gptserve.server")
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class BodySizeLimitMiddleware:
+    """413 for bodies over the limit, declared or streamed, before anything parses them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = APIError(413, f"The request body is larger than {self.max_bytes} bytes.",
+                             code="request_too_large").response()
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await too_large(scope, receive, send)
+            return
+        # read the (bounded) body now, then replay it; later receives go to the client as usual
+        messages: list[Message] = []
+        num_bytes = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            num_bytes += len(message.get("body", b""))
+            if num_bytes > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+class ChatPage(StaticFiles):
+    """The built-in chat page at "/"; only GET and HEAD, so a POST to an unknown path is a 404."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+            raise HTTPException(404)
+        await super().__call__(scope, receive, send)
+
+
+class ChatPageMount(Mount):
+    """Mounted at "/" but never claims the API's namespace, so there the router's own answers
+    stand: 405 for a known path with the wrong method, 404 (after auth) for an unknown one."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "")
+        if path == "/v1" or path.startswith("/v1/"):
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
+def build_engine(settings: Settings) -> AsyncEngine:
+    """Blocking: reads the weights and the tokenizer."""
+    return AsyncEngine.from_config(EngineConfig(
+        model=settings.model, device=settings.device, dtype=settings.dtype,
+        max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        kv_cache_memory_gb=settings.kv_cache_memory_gb, chat_template=settings.read_chat_template()))
+
+
+def describe(engine, settings: Settings, checker: APIKeyChecker) -> str:
+    inner = getattr(engine, "engine", engine)  # AsyncEngine wraps an LLMEngine that knows these
+    kv_tokens = getattr(inner, "num_kv_tokens", None)
+    capacity = f"{kv_tokens} tokens" if kv_tokens else f"{engine.stats().get('num_total_blocks')} blocks"
+    dtype = str(getattr(inner, "dtype", settings.dtype)).removeprefix("torch.")
+    return (f"gptserve ready at http://{settings.host}:{settings.port} — model {engine.model_config.name} "
+            f"served as {', '.join(settings.served_model_names)}; device {getattr(inner, 'device', settings.device)}, "
+            f"dtype {dtype}, context {engine.max_model_len} tokens, "
+            f"KV cache {capacity}; API keys {'on (' + str(len(settings.api_key)) + ')' if checker.is_enabled else 'off'}")
+
+
+def create_app(settings: Settings, engine: AsyncEngine | None = None,
+               on_fatal: Callable[[], None] | None = None) -> FastAPI:
+    """``engine``: an engine already built (tests); else it is built in the background at start-up,
+    so /health answers and /ready says 503 while the weights load. ``on_fatal``: called when
+    the engine fails to load or dies, to stop the process (non-zero) for a supervisor to restart."""
+    checker = APIKeyChecker(settings.api_keys)
+    on_fatal = on_fatal or (lambda: None)
+
+    async def load_and_start(app: FastAPI) -> None:
+        try:
+            engine = app.state.engine or await asyncio.to_thread(build_engine, settings)
+            app.state.engine = engine
+            await engine.start()
+            app.state.serving = OpenAIServing(engine, settings.served_model_names, on_engine_dead=on_fatal)
+            logger.info(describe(engine, settings, checker))
+        except Exception:
+            logger.exception("the engine failed to start")
+            app.state.load_failed = True
+            on_fatal()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if not checker.is_enabled:
+            logger.warning("no API key configured: the API is open to anyone who can reach %s:%s",
+                           settings.host, settings.port)
+        if app.state.engine is not None:  # built already: be ready before the first request
+            await load_and_start(app)
+        loading = asyncio.create_task(load_and_start(app)) if app.state.serving is None else None
+        yield
+        if loading is not None:
+            loading.cancel()
+        if app.state.engine is not None:
+            await app.state.engine.shutdown()
+
+    app = FastAPI(title="gptserve", version="0.1.0", lifespan=lifespan)
+    app.state.engine = engine
+    app.state.serving = None
+    app.state.load_failed = False
+    install_error_handlers(app)
+    app.include_router(router)
+    if STATIC_DIR.is_dir():  # after the API routes: they win over files of the same name
+        app.router.routes.append(ChatPageMount("/", app=ChatPage(directory=STATIC_DIR, html=True), name="static"))
+    # the last added runs first: CORS (answers preflights), then auth, then the body limit
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(APIKeyMiddleware, checker=checker, router=app.router)
+    if settings.cors_allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allowed_origins,
+                           allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])
+    return app

@@ -1,0 +1,105 @@
+"""Thin HTTP handlers: parse, hand to serving, return JSON or a stream."""
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from server.errors import APIError
+from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.serving import OpenAIServing
+
+router = APIRouter()
+
+
+def get_serving(request: Request) -> OpenAIServing:
+    serving = request.app.state.serving
+    if serving is None:
+        raise APIError(503, "The model is still loading; try again shortly.")
+    return serving
+
+
+Serving = Annotated[OpenAIServing, Depends(get_serving)]
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    # the body has been read already, so the next message is the client going away
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def with_cancellation(handler):
+    """Run the handler, and cancel it (which aborts its engine requests) if the client leaves
+    first. Streams need no help: their response notices the disconnect and cancels itself."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args, **kwargs):
+        handler_task = asyncio.create_task(handler(*args, **kwargs))
+        disconnect_task = asyncio.create_task(_wait_for_disconnect(kwargs["raw_request"]))
+        done, _ = await asyncio.wait([handler_task, disconnect_task], return_when=asyncio.FIRST_COMPLETED)
+        disconnect_task.cancel()
+        if handler_task not in done:  # the client left: nobody to answer
+            handler_task.cancel()
+            await asyncio.gather(handler_task, return_exceptions=True)  # its finally aborts the engine
+            return None
+        return handler_task.result()
+
+    return wrapper
+
+
+@router.get("/health", name="health")
+async def health(request: Request) -> JSONResponse:
+    """Liveness: the process answers and the engine loop has not died."""
+    serving = request.app.state.serving
+    if serving is not None and not await serving.is_healthy():
+        return APIError(503, "The inference engine is not responding.").response()
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready", name="ready")
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: the model is loaded and requests are being accepted."""
+    serving = get_serving(request)
+    if not await serving.is_healthy():
+        return APIError(503, "The inference engine is not responding.").response()
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/v1/models")
+async def list_models(serving: Serving) -> JSONResponse:
+    return JSONResponse(serving.list_models().model_dump())
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, serving: Serving) -> JSONResponse:
+    return JSONResponse(serving.model_card(model_id).model_dump())
+
+
+@router.post("/v1/completions")
+@with_cancellation
+async def create_completion(body: CompletionRequest, serving: Serving, raw_request: Request):
+    return await serving.create_completion(body)
+
+
+@router.post("/v1/chat/completions")
+@with_cancellation
+async def create_chat_completion(body: ChatCompletionRequest, serving: Serving, raw_request: Request):
+    return await serving.create_chat_completion(body)
+
+
+# openai<1.0 (`openai.Completion.create(engine=...)`) puts the model name in the path
+@router.post("/v1/engines/{engine_name}/completions")
+@with_cancellation
+async def create_engine_completion(engine_name: str, body: CompletionRequest, serving: Serving,
+                                   raw_request: Request):
+    return await serving.create_completion(body, model=engine_name)
+
+
+@router.post("/v1/engines/{engine_name}/chat/completions")
+@with_cancellation
+async def create_engine_chat_completion(engine_name: str, body: ChatCompletionRequest, serving: Serving,
+                                        raw_request: Request):
+    return await serving.create_chat_completion(body, model=engine_name)
