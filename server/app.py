@@ -142,7 +142,9 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
     app.state.serving = None
     app.state.load_failed = False
     install_error_handlers(app)
-    app.include_router(router)
+    # flat (not include_router, which nests them in one opaque route): auth resolves each
+    # request to the very route object the app's router will dispatch it to
+    app.router.routes.extend(router.routes)
     if STATIC_DIR.is_dir():  # after the API routes: they win over files of the same name
         app.router.routes.append(ChatPageMount("/", app=ChatPage(directory=STATIC_DIR, html=True), name="static"))
     # the last added runs first: CORS (answers preflights), then auth, then the body limit

@@ -59,7 +59,9 @@ def _param_of(loc: tuple) -> str | None:
 
 def validation_error_to_api_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
+    # the deepest error is the most specific one: for a union such as `str | list[Part]`, the
+    # complaint from inside the list beats "Input should be a valid string"
+    first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
     if first.get("type") == "json_invalid":
         return bad_request(f"Invalid JSON body: {first.get('ctx', {}).get('error', 'decode error')}",
                            code="invalid_json")
@@ -68,6 +70,10 @@ def validation_error_to_api_error(exc: RequestValidationError) -> APIError:
                            "Content-Type: application/json.", code="invalid_json")
     param = _param_of(tuple(first.get("loc", ())))
     msg = first.get("msg", "invalid value")
+    if param and param.startswith("prompt[") :  # four union branches: name them all instead
+        return bad_request("'prompt' must be a string, a list of strings, a list of token ids "
+                           "(non-negative integers) or a list of such lists, none of them empty.",
+                           param="prompt", code="invalid_value")
     if first.get("type") == "missing":
         message = f"Missing required parameter: '{param}'."
     else:
