@@ -22,6 +22,7 @@ class EngineConfig:
     num_threads: int | None = None  # torch intra-op threads on CPU; default: all cores
     seed: int = 0
     chat_template: str | None = None  # a Jinja2 template that replaces the model's own
+    quantization: str | None = None  # None, or "int8": dynamic int8 linear layers (CPU only)
 
     def __post_init__(self) -> None:
         if self.model is not None and not os.path.exists(self.model):
@@ -38,5 +39,7 @@ class EngineConfig:
             raise ValueError("num_kv_blocks must be at least 1")
         if self.kv_cache_memory_gb <= 0:
             raise ValueError("kv_cache_memory_gb must be positive")
+        if self.quantization not in (None, "int8"):
+            raise ValueError(f"unsupported quantization {self.quantization!r} (supported: int8)")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError("max_model_len must be at least 1")

@@ -100,3 +100,11 @@ def test_abort_frees_blocks_at_once(tiny_llama):
         engine.abort_request(f"r{i}")
     stats = engine.stats()
     assert stats.num_free_blocks == stats.num_total_blocks and stats.num_running == 0
+
+
+def test_int8_quantization_is_a_setting_that_still_generates(tiny_llama):
+    engine = engine_for(tiny_llama, quantization="int8")
+    out = engine.generate(prompts(2, seed=7), GREEDY)
+    assert [c[0].num_tokens for c in out] == [12, 12]
+    with pytest.raises(ValueError, match="unsupported quantization"):
+        EngineConfig(quantization="int3")
