@@ -1,0 +1,1 @@
+"""Clients for gptserve: a terminal chat (chat.py) and a load generator (bench.py)."""
