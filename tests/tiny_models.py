@@ -24,6 +24,9 @@ Hello, world! def add(a, b): return a + b  # numbers 0 1 2 3 4 5 6 7 8 9 10 100 
 Streaming servers send text as it is generated, token by token, until a stop string appears.
 She said: "I'm sure they'll come; we're ready, aren't we?" He replied, 'Yes, it's fine.'
 Café, naïve, résumé. Tabs\tand\nnew lines, and    several spaces between words.
+Models read tokens, compute attention over the keys and values, and predict the next token.
+Every request carries sampling parameters: temperature, top_p, top_k, penalties and a seed.
+The scheduler batches prefill and decode steps; blocks of the cache are shared by prefixes.
 """
 
 _ARCH_CONFIG = {

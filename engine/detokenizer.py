@@ -1,0 +1,102 @@
+"""Incremental detokenization with stop strings.
+
+Each step decodes only a small window of recent tokens (vLLM / TGI's prefix_offset /
+read_offset trick), so the cost per token does not grow with the output. Text that ends in
+U+FFFD (a UTF-8 character split across tokens) is held until the character completes, and a
+tail that could begin a stop string is held until it either completes the stop or cannot.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# How many prompt tokens seed the window, so the first output token decodes in context.
+_PROMPT_CONTEXT_TOKENS = 5
+
+
+class IncrementalDetokenizer:
+    """Turns generated token ids into safe-to-emit text deltas, one step at a time."""
+
+    def __init__(
+        self,
+        tokenizer,
+        prompt_ids: Sequence[int],
+        *,
+        stop: Sequence[str] = (),
+        include_stop_str_in_output: bool = False,
+        skip_special_tokens: bool = True,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._skip_special_tokens = skip_special_tokens
+        self._stop = tuple(s for s in stop if s)
+        self._include_stop = include_stop_str_in_output
+        # All ids (prompt tail + output); the window is ids[prefix_offset:], of which
+        # ids[prefix_offset:read_offset] is already emitted (it is decoded only for context).
+        self._ids: list[int] = list(prompt_ids)[-_PROMPT_CONTEXT_TOKENS:]
+        self._prefix_offset = 0
+        self._read_offset = len(self._ids)
+        self._pending = ""  # decoded text held back because it may start a stop string
+        self._output_text = ""
+        self._is_stopped = False
+
+    @property
+    def output_text(self) -> str:
+        """All text emitted so far (deltas and flush)."""
+        return self._output_text
+
+    def step(self, new_token_ids: Sequence[int]) -> tuple[str, str | None]:
+        """Add generated ids; return (text safe to emit now, the stop string matched or None)."""
+        if self._is_stopped:
+            return "", None
+        self._ids.extend(new_token_ids)
+        self._pending += self._decode_window(is_final=False)
+        return self._release(is_final=False)
+
+    def flush(self) -> str:
+        """Text still held back when the sequence ends without a stop string."""
+        if self._is_stopped:
+            return ""
+        self._pending += self._decode_window(is_final=True)
+        delta, _ = self._release(is_final=True)
+        return delta
+
+    def _decode_window(self, *, is_final: bool) -> str:
+        """New text of ids[read_offset:], decoded with ids[prefix_offset:read_offset] as context."""
+        if self._read_offset >= len(self._ids):
+            return ""
+        decode = self._tokenizer.decode
+        prefix_text = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=self._skip_special_tokens)
+        new_text = decode(self._ids[self._prefix_offset :], skip_special_tokens=self._skip_special_tokens)
+        # A trailing U+FFFD means a multi-byte character is still incomplete: wait for more bytes.
+        if not is_final and (len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd")):
+            return ""
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self._ids)
+        return new_text[len(prefix_text) :]
+
+    def _release(self, *, is_final: bool) -> tuple[str, str | None]:
+        """Emit pending text up to a stop string, or up to a tail that may start one."""
+        text = self._pending
+        # The earliest stop wins; at the same position the shorter one completed first.
+        hit = min(((text.find(s), len(s), s) for s in self._stop if s in text), default=None)
+        if hit is not None:
+            index, _, stop = hit
+            delta = text[: index + len(stop)] if self._include_stop else text[:index]
+            self._pending = ""
+            self._is_stopped = True
+            self._output_text += delta
+            return delta, stop
+        keep = 0 if is_final else self._stop_prefix_length(text)
+        delta = text[: len(text) - keep]
+        self._pending = text[len(text) - keep :]
+        self._output_text += delta
+        return delta, None
+
+    def _stop_prefix_length(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+        longest = 0
+        for stop in self._stop:
+            for n in range(min(len(stop) - 1, len(text)), longest, -1):
+                if text.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
