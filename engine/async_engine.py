@@ -55,6 +55,19 @@ class AsyncEngine:
         return self.engine.max_model_len
 
     @property
+    def device(self) -> str:
+        return str(self.engine.device)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.engine.dtype).removeprefix("torch.")
+
+    @property
+    def num_kv_tokens(self) -> int:
+        """KV cache capacity in tokens."""
+        return self.engine.num_kv_tokens
+
+    @property
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.dead_error is None
 

@@ -107,6 +107,8 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device, self.dtype)
+        if config.fault_injection_step is not None:
+            self.runner.fault_hook = self._inject_fault
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(model_config.eos_token_ids)
         self._requests: dict[str, _RequestState] = {}
         self._seq_counter = itertools.count()
@@ -120,6 +122,10 @@ class LLMEngine:
             model_config.name, self.load_seconds, self.device, str(self.dtype).removeprefix("torch."),
             num_blocks, config.block_size, num_blocks * config.block_size,
         )
+
+    def _inject_fault(self) -> None:
+        if self.num_steps + 1 == self.config.fault_injection_step:
+            raise RuntimeError(f"injected fault at step {self.num_steps + 1}")
 
     @property
     def num_kv_tokens(self) -> int:
