@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -165,3 +167,64 @@ def test_stream_check_catches_a_buffering_proxy(balanced, nginx, tmp_path):
     finally:
         stop(proc, timeout=10)
     assert _incremental(arrivals) is not None, f"a buffering proxy went unnoticed: {arrivals}"
+
+
+class _Always503(BaseHTTPRequestHandler):
+    """A replica that is still loading its model: 503 to everything."""
+    hits = 0
+
+    def _answer(self):
+        type(self).hits += 1
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        body = b'{"error": {"message": "The model is still loading", "type": "unavailable"}}'
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_requests_go_around_a_loading_or_dead_replica(balanced, nginx, tmp_path):
+    """One replica answers 503 (loading), one is down: POSTs still all succeed, on the third."""
+    loading = ThreadingHTTPServer(("127.0.0.1", 0), _Always503)
+    threading.Thread(target=loading.serve_forever, daemon=True).start()
+    loading_addr = f"127.0.0.1:{loading.server_address[1]}"
+    dead_addr = f"127.0.0.1:{free_port()}"
+    live_addr = balanced["backends"][0]
+    port = free_port()
+    conf = render_nginx_conf(upstreams=[loading_addr, dead_addr, live_addr],
+                             listen=f"127.0.0.1:{port}", workdir=tmp_path,
+                             extra_server_lines=["add_header X-Upstream $upstream_addr always;"])
+    log = tmp_path / "nginx.out"
+    proc = subprocess.Popen(nginx_cmd(nginx, conf, tmp_path, "-g", "daemon off;"),
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with _client(url) as client:
+            deadline = time.monotonic() + 30
+            while True:  # nginx is up once it answers at all
+                try:
+                    client.get("/health")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                    time.sleep(0.2)
+            paths = []
+            for i in range(6):
+                r = client.post("/v1/completions", json={
+                    "model": "SmolLM2-135M-Instruct", "prompt": f"{i} + {i} =", "max_tokens": 1,
+                    "temperature": 0})
+                assert r.status_code == 200, (r.status_code, r.text, r.headers.get("X-Upstream"))
+                paths.append(r.headers["X-Upstream"])
+    finally:
+        stop(proc, timeout=10)
+        loading.shutdown()
+    assert all(p.split(", ")[-1] == live_addr for p in paths), paths
+    assert _Always503.hits >= 1, f"the loading replica was never tried: {paths}"
