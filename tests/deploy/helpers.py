@@ -170,7 +170,8 @@ def render_nginx_conf(*, upstreams: list[str], listen: str, workdir: Path,
 
 
 def nginx_cmd(nginx: str, conf: Path, workdir: Path, *extra: str) -> list[str]:
-    return [nginx, "-p", str(workdir), "-c", str(conf),
+    # -e: the start-up error log too goes under workdir, not /var/log/nginx (non-root runs).
+    return [nginx, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf),
             "-g", f"pid {workdir / 'nginx.pid'};", *extra]
 
 
