@@ -31,6 +31,8 @@ serve: install
 	$(VENV)/bin/gptserve serve --host $(HOST) --port $(PORT)
 
 test: install-test
+	# nginx and docker-compose (apt, when root) and hadolint for tests/deploy; skips what it cannot do
+	bash scripts/install-test-tools.sh
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
