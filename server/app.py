@@ -15,8 +15,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import AsyncEngine, EngineConfig
-from server.auth import APIKeyChecker, APIKeyMiddleware
+from server.admission import Admission, AdmissionMiddleware
+from server.auth import APIKeyChecker, APIKeyMiddleware, resolve_route_name
 from server.errors import APIError, install_error_handlers
+from server.metrics import MetricsMiddleware, ServerMetrics
 from server.routes import router
 from server.serving import OpenAIServing
 from server.settings import Settings
@@ -63,6 +65,16 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+class PublicMetricsAPIKeyMiddleware(APIKeyMiddleware):
+    """--metrics-public: /metrics without a key (scrapers often cannot send one); all else as before."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and resolve_route_name(self.router, scope) == "metrics":
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 class ChatPage(StaticFiles):
     """The built-in chat page at "/"; only GET and HEAD, so a POST to an unknown path is a 404."""
 
@@ -89,7 +101,8 @@ def build_engine(settings: Settings) -> AsyncEngine:
         model=settings.model, device=settings.device, dtype=settings.dtype,
         max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
-        kv_cache_memory_gb=settings.kv_cache_memory_gb, chat_template=settings.read_chat_template()))
+        kv_cache_memory_gb=settings.kv_cache_memory_gb, chat_template=settings.read_chat_template(),
+        fault_injection_step=settings.fault_injection_step))
 
 
 def describe(engine, settings: Settings, checker: APIKeyChecker) -> str:
@@ -116,7 +129,8 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
             engine = app.state.engine or await asyncio.to_thread(build_engine, settings)
             app.state.engine = engine
             await engine.start()
-            app.state.serving = OpenAIServing(engine, settings.served_model_names, on_engine_dead=on_fatal)
+            app.state.serving = OpenAIServing(engine, settings.served_model_names, on_engine_dead=on_fatal,
+                                              metrics=app.state.metrics)
             logger.info(describe(engine, settings, checker))
         except Exception:
             logger.exception("the engine failed to start")
@@ -141,16 +155,22 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
     app.state.engine = engine
     app.state.serving = None
     app.state.load_failed = False
+    app.state.metrics = ServerMetrics(lambda: app.state.engine)
+    app.state.admission = Admission(settings.max_num_seqs + settings.max_queued_requests)
     install_error_handlers(app)
     # flat (not include_router, which nests them in one opaque route): auth resolves each
     # request to the very route object the app's router will dispatch it to
     app.router.routes.extend(router.routes)
     if STATIC_DIR.is_dir():  # after the API routes: they win over files of the same name
         app.router.routes.append(ChatPageMount("/", app=ChatPage(directory=STATIC_DIR, html=True), name="static"))
-    # the last added runs first: CORS (answers preflights), then auth, then the body limit
+    # the last added runs first: error counting, CORS (answers preflights), auth, admission
+    # (429/503 before the body is even read), then the body limit
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
-    app.add_middleware(APIKeyMiddleware, checker=checker, router=app.router)
+    app.add_middleware(AdmissionMiddleware, admission=app.state.admission, router=app.router)
+    auth = PublicMetricsAPIKeyMiddleware if settings.metrics_public else APIKeyMiddleware
+    app.add_middleware(auth, checker=checker, router=app.router)
     if settings.cors_allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allowed_origins,
                            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -14,8 +14,13 @@ logger = logging.getLogger("gptserve.server")
 _TYPE_BY_STATUS = {
     400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
     405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-    429: "overloaded", 500: "server_error", 503: "service_unavailable",
+    408: "timeout", 429: "overloaded", 500: "server_error", 503: "service_unavailable",
 }
+
+
+def error_type_of(status_code: int) -> str:
+    """The OpenAI error ``type`` this server gives a status."""
+    return _TYPE_BY_STATUS.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
 
 
 class APIError(Exception):
@@ -28,7 +33,7 @@ class APIError(Exception):
         self.message = message
         self.param = param
         self.code = code
-        self.type = type or _TYPE_BY_STATUS.get(status_code, "invalid_request_error")
+        self.type = type or error_type_of(status_code)
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type,

@@ -6,7 +6,8 @@ import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.errors import APIError
 from server.protocol import ChatCompletionRequest, CompletionRequest
@@ -61,11 +62,19 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/ready", name="ready")
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: the model is loaded and requests are being accepted."""
+    """Readiness: the model is loaded and requests are being accepted (not draining)."""
+    if request.app.state.admission.is_draining:
+        return APIError(503, "The server is shutting down.", code="server_shutting_down").response()
     serving = get_serving(request)
     if not await serving.is_healthy():
         return APIError(503, "The inference engine is not responding.").response()
     return JSONResponse({"status": "ok"})
+
+
+@router.get("/metrics", name="metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; needs the API key unless --metrics-public."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models")

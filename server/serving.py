@@ -19,6 +19,7 @@ from sse_starlette import EventSourceResponse
 from engine import EngineDeadError, RequestOutput, SamplingParams
 from server import protocol as p
 from server.errors import APIError, bad_request
+from server.metrics import ServerMetrics
 
 logger = logging.getLogger("gptserve.server")
 SSE_PING_SECONDS = 15  # comment lines keep idle streams alive through proxies
@@ -73,8 +74,9 @@ class Generation:
 
 class OpenAIServing:
     def __init__(self, engine, served_model_names: list[str],
-                 on_engine_dead: Callable[[], None] | None = None) -> None:
+                 on_engine_dead: Callable[[], None] | None = None, metrics: ServerMetrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics or ServerMetrics(lambda: engine)
         self.served_model_names = served_model_names
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
@@ -196,30 +198,38 @@ class OpenAIServing:
         return APIError(500, "The server had an error while generating the response.")
 
     async def _collect(self, prompts: list[list[int]], params: SamplingParams, chunks: "Chunks") -> dict:
+        timer = self.metrics.timer()
         generation = Generation(self.engine, prompts, params, chunks.request_id)
         try:
             async for k, out in generation:
+                timer.output(k)
                 chunks.update(k, out)
         except Exception as exc:
             raise self._engine_error(exc) from exc
         finally:
             await generation.close()
+        timer.finished(chunks.finish_reasons)
         return chunks.full_response()
 
     def _sse(self, prompts: list[list[int]], params: SamplingParams, chunks: "Chunks") -> EventSourceResponse:
         async def events() -> AsyncIterator[dict]:
+            timer = self.metrics.timer()
             # started here, not before: a stream that never starts must leave nothing running
             generation = Generation(self.engine, prompts, params, chunks.request_id)
             try:
                 for chunk in chunks.start():
                     yield {"data": json.dumps(chunk)}
                 async for k, out in generation:
+                    timer.output(k)
                     for chunk in chunks.update(k, out):
                         yield {"data": json.dumps(chunk)}
+                timer.finished(chunks.finish_reasons)
                 for chunk in chunks.end():
                     yield {"data": json.dumps(chunk)}
             except Exception as exc:  # the 200 is sent already: report in-band, as OpenAI does
-                yield {"data": json.dumps(self._engine_error(exc).body())}
+                error = self._engine_error(exc)
+                self.metrics.error(error.status_code, error.type)
+                yield {"data": json.dumps(error.body())}
             finally:
                 await generation.close()
             yield {"data": "[DONE]"}

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS; empty = CORS off")
+    # limits and failure behaviour
+    max_queued_requests: int = Field(
+        256, ge=0, description="requests held beyond --max-num-seqs; past running + queued, 429 with Retry-After")
+    drain_timeout: float = Field(30.0, ge=0, description="on SIGTERM: seconds to let in-flight requests finish before exiting")
+    metrics_public: bool = Field(False, description="serve /metrics without an API key (for scrapers that cannot send one)")
+    fault_injection_step: int | None = Field(
+        None, ge=0, description="tests only: the engine's forward pass at this step raises", json_schema_extra={"hidden": True})
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info", description="log verbosity")
 
     @field_validator("served_model_name", "api_key", "cors_allowed_origins", mode="before")
