@@ -18,9 +18,12 @@ def serve_parser() -> argparse.ArgumentParser:
         prog="gptserve serve", description="Serve a model through an OpenAI-compatible API.",
         epilog="Every flag is also an environment variable: --max-num-seqs is GPTSERVE_MAX_NUM_SEQS.")
     for name, field in Settings.model_fields.items():
-        kwargs: dict = {"default": argparse.SUPPRESS, "help": field.description,
+        is_hidden = (field.json_schema_extra or {}).get("hidden", False)
+        kwargs: dict = {"default": argparse.SUPPRESS, "help": argparse.SUPPRESS if is_hidden else field.description,
                         "metavar": name.split("_")[-1].upper()}
-        if name in LIST_FLAGS:
+        if field.annotation is bool:
+            kwargs = {"default": argparse.SUPPRESS, "help": field.description, "action": "store_const", "const": True}
+        elif name in LIST_FLAGS:
             kwargs["nargs"] = "+"
         elif name in REPEATED_FLAGS:
             kwargs["action"] = "append"
@@ -42,6 +45,7 @@ def serve(argv: list[str]) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.shutdown import DrainingServer
 
     exit_code = 0
 
@@ -51,8 +55,9 @@ def serve(argv: list[str]) -> int:
         server.should_exit = True
 
     app = create_app(settings, on_fatal=on_fatal)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                           log_level=settings.log_level, timeout_graceful_shutdown=30))
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=5)  # after the drain: only cut streams are left
+    server = DrainingServer(config, app.state.admission, drain_timeout=settings.drain_timeout)
     server.run()
     return exit_code
 

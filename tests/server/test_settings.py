@@ -26,3 +26,13 @@ def test_default_names(monkeypatch, tmp_path):
     (tmp_path / "Qwen2.5-0.5B").mkdir()
     assert Settings(model=str(tmp_path / "tiny.Q8_0.gguf")).served_model_names == ["tiny.Q8_0"]
     assert Settings(model=str(tmp_path / "Qwen2.5-0.5B")).served_model_names == ["Qwen2.5-0.5B"]
+
+
+def test_limit_flags(monkeypatch):
+    monkeypatch.setenv("GPTSERVE_FAULT_INJECTION_STEP", "7")
+    args = serve_parser().parse_args(["--metrics-public", "--max-queued-requests", "3", "--drain-timeout", "1.5"])
+    settings = Settings(**vars(args))
+    assert settings.metrics_public is True and settings.max_queued_requests == 3 and settings.drain_timeout == 1.5
+    assert settings.fault_injection_step == 7
+    assert Settings().metrics_public is False and Settings().max_queued_requests == 256
+    assert "fault-injection" not in serve_parser().format_help()  # a test hook, not a feature

@@ -1,0 +1,37 @@
+"""SIGTERM with streams in flight: they finish with [DONE], new requests get 503, exit code 0."""
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import httpx
+
+from tests.reliability.helpers import stream_completion
+from tests.server.helpers import check_stream
+
+
+def test_sigterm_drains_streams_then_exits_zero(start_server):
+    server = start_server("--max-model-len", "512", "--drain-timeout", "30")
+
+    async def main():
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=60) as client:
+            streams = [asyncio.create_task(stream_completion(
+                client, prompt="Hello", max_tokens=400, ignore_eos=True, temperature=0)) for _ in range(4)]
+            for _ in range(200):  # until all four are generating
+                metrics = (await client.get("/metrics")).text
+                if "gptserve:num_requests_running 4.0" in metrics:
+                    break
+                await asyncio.sleep(0.02)
+            server.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            assert (await client.get("/ready")).status_code == 503
+            assert (await client.get("/health")).status_code == 200
+            late = await client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+            assert late.status_code == 503 and late.json()["error"]["code"] == "server_shutting_down", late.text
+            assert not any(s.done() for s in streams), "the streams should still be running"
+            return await asyncio.gather(*streams)
+
+    for events in asyncio.run(main()):
+        texts = check_stream(events)  # every choice has its finish_reason, and [DONE] came
+        assert events[-2]["choices"][0]["finish_reason"] == "length" and texts[0]
+    assert server.proc.wait(timeout=30) == 0, server.log_text()
