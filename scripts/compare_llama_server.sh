@@ -37,7 +37,7 @@ done
 case " ${args[*]-} " in *" --concurrency"*) ;; *) args+=(--concurrency "$CONCURRENCY") ;; esac
 
 MAX_CONC=$(tr ',' '\n' <<<"$CONCURRENCY" | sort -n | tail -n1)
-# Each slot holds a prompt (about 1.3 tokens a word, plus a chat template) and the output.
+# Each slot holds a prompt (about a token a word, plus a chat template) and the output, with room.
 PER_SLOT=$(( PROMPT_WORDS * 2 + OUTPUT_TOKENS + 64 ))
 CTX=$(( MAX_CONC * PER_SLOT ))
 
@@ -87,8 +87,10 @@ stop() {  # pid
 }
 
 bench() {  # label port
+    echo "load before $1: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT_DIR/info.txt"
     "$PY" -m clients.bench --base-url "http://127.0.0.1:$2/v1" --label "$1" \
         --json-out "$OUT_DIR/$1.json" --save-requests "${args[@]}" | tee "$OUT_DIR/$1.txt"
+    echo "load after $1: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT_DIR/info.txt"
 }
 
 {

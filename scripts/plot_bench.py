@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
                 ax.plot(xs, [lv[key]["p99"] for lv in levels], marker="x", linestyle="--",
                         color=line.get_color(), label=f"{report['label']} p99")
         ax.set_xscale("log", base=2)
+        ticks = sorted({lv[xkey] for r in reports for lv in r["results"]
+                        if lv.get(xkey) is not None and lv[xkey] != float("inf")})
+        if ticks:
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t:g}" for t in ticks])
+            ax.minorticks_off()
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
@@ -66,10 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         ax.legend(fontsize=8)
         if key != "output_throughput_tok_s":
             ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
 
     cfg = reports[0]["config"]
     machine = reports[0].get("machine", {})
-    title = args.title or (f"{reports[0].get('model', '')}: {cfg['prompt_words']}-word prompts, "
+    model = Path(str(reports[0].get("model", ""))).name
+    title = args.title or (f"{model}: {cfg['prompt_words']}-word prompts, "
                            f"{cfg['output_tokens']} output tokens — {machine.get('nproc', '?')} cores, "
                            f"{machine.get('cpu') or ''}")
     fig.suptitle(title, fontsize=11)
