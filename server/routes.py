@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.errors import APIError
-from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.protocol_chat import ChatCompletionRequest
+from server.protocol_completions import CompletionRequest
 from server.serving import OpenAIServing
 
 router = APIRouter()
