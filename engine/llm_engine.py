@@ -248,7 +248,13 @@ class LLMEngine:
         is_finished = all(s.is_finished for s in state.seqs)
         if is_finished:
             del self._requests[request_id]
-        return RequestOutput(request_id, outputs, state.num_prompt_tokens, state.seqs[0].num_cached_tokens, is_finished)
+        first = state.seqs[0]
+        prompt_logprobs = None
+        if first.prompt_logprobs is not None and first.num_computed_tokens >= first.num_prompt_tokens:
+            prompt_logprobs = [None] + [first.prompt_logprobs[q] for q in range(first.num_prompt_tokens - 1)]
+            first.prompt_logprobs = None  # reported once; a later preemption may use the prefix cache
+        return RequestOutput(request_id, outputs, state.num_prompt_tokens, first.num_cached_tokens, is_finished,
+                             prompt_logprobs)
 
     def stats(self) -> EngineStats:
         bm = self.block_manager

@@ -56,13 +56,14 @@ class ModelRunner:
         positions: list[int] = []
         slots: list[int] = []
         last_index = [0] * len(sched.seqs)  # row -> index of its last token in the flat batch
+        first_index = [0] * len(sched.seqs)  # row -> index of its first token in the flat batch
         decode_tables: list[list[int]] = []
         decode_lens: list[int] = []
         prefills = []
         for row in order:
             seq, num_new = sched.seqs[row], sched.num_new_tokens[row]
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
-            flat_start = len(input_ids)
+            flat_start = first_index[row] = len(input_ids)
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
             table = seq.block_table
@@ -90,17 +91,37 @@ class ModelRunner:
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         logit_index = torch.tensor([last_index[r] for r in sched.sample_rows], dtype=torch.long, device=dev)
-        return ids, pos, meta, logit_index
+        return ids, pos, meta, logit_index, first_index
 
     @torch.inference_mode()
     def run(self, sched: SchedulerOutput) -> tuple[list[int], list[TokenLogprob] | None]:
         """Compute the scheduled tokens; sample for ``sched.sample_seqs`` (in that order)."""
         if self.fault_hook is not None:
             self.fault_hook()
-        ids, pos, meta, logit_index = self._prepare(sched)
+        ids, pos, meta, logit_index, first_index = self._prepare(sched)
         hidden = self.model(ids, pos, self.kv_cache, meta)
+        for row, seq in enumerate(sched.seqs):
+            if seq.needs_prompt_logprobs:
+                self._prompt_logprobs(seq, hidden, first_index[row], sched.num_new_tokens[row])
         if not sched.sample_seqs:
             return [], None
         logits = self.model.compute_logits(hidden[logit_index])  # (N, vocab) float32
         return self.sampler(logits, sched.sample_seqs)
+
+    def _prompt_logprobs(self, seq: Sequence, hidden: torch.Tensor, flat_start: int, num_new: int) -> None:
+        """Logprobs of the prompt tokens this chunk predicts (position q predicts token q + 1),
+        into ``seq.prompt_logprobs``; a few hundred rows of logits at a time."""
+        start = seq.num_computed_tokens
+        stop = min(start + num_new, seq.num_prompt_tokens - 1)  # the last position predicts the output
+        k = seq.params.prompt_logprobs or 0
+        for lo in range(start, stop, 256):
+            hi = min(lo + 256, stop)
+            rows = hidden[flat_start + lo - start : flat_start + hi - start]
+            logprobs = torch.log_softmax(self.model.compute_logits(rows).float(), dim=-1)
+            targets = torch.tensor(seq.token_ids[lo + 1 : hi + 1], dtype=torch.long, device=self.device)
+            chosen = logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
+            top_vals, top_ids = logprobs.topk(k, dim=-1) if k else (logprobs[:, :0], targets[:, None][:, :0])
+            for q, target, lp, ids_row, vals_row in zip(range(lo, hi), targets.tolist(), chosen,
+                                                        top_ids.tolist(), top_vals.tolist()):
+                seq.prompt_logprobs[q] = TokenLogprob(target, lp, dict(zip(ids_row, vals_row)))
 

@@ -39,3 +39,6 @@ class RequestOutput:
     num_prompt_tokens: int
     num_cached_tokens: int = 0
     is_finished: bool = False  # every choice of the request has finished
+    # with SamplingParams.prompt_logprobs: one entry per prompt token (the first is None, it has
+    # nothing before it), in the request's first output only
+    prompt_logprobs: list[TokenLogprob | None] | None = None

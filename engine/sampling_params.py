@@ -29,6 +29,7 @@ class SamplingParams:
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # number of top alternatives per sampled token; None = off
+    prompt_logprobs: int | None = None  # top alternatives per prompt token (echo); None = off
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -52,6 +53,8 @@ class SamplingParams:
             raise ValueError("min_tokens must be >= 0")
         if self.logprobs is not None and self.logprobs < 0:
             raise ValueError("logprobs must be >= 0")
+        if self.prompt_logprobs is not None and self.prompt_logprobs < 0:
+            raise ValueError("prompt_logprobs must be >= 0")
 
     @property
     def is_greedy(self) -> bool:

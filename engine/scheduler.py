@@ -102,7 +102,7 @@ class Scheduler:
             num_seqs = len(self.running) + len(seq.children)
             if num_seqs + 1 > self.max_num_seqs and self.running:
                 break
-            hits = bm.lookup_prefix(seq)
+            hits = [] if seq.needs_prompt_logprobs else bm.lookup_prefix(seq)
             num_new = min(seq.num_tokens - len(hits) * bm.block_size, budget)
             if not bm.can_allocate(seq, hits, num_new):
                 break

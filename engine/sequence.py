@@ -51,6 +51,14 @@ class Sequence:
         self.num_emitted_tokens = 0  # completion tokens already reported to the caller
         self.pending_logprobs: list = []  # TokenLogprob of tokens not yet reported
         self.stop_token_set: set[int] = set()  # EOS and stop_token_ids that end this choice
+        # prompt position q -> logprob of prompt token q + 1 (SamplingParams.prompt_logprobs);
+        # the request's first choice collects them while its prompt is computed, None once reported
+        self.prompt_logprobs: dict | None = {} if params.prompt_logprobs is not None and index == 0 else None
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Its prompt's logits must be computed, not taken from the prefix cache."""
+        return self.prompt_logprobs is not None
 
     @property
     def num_tokens(self) -> int:

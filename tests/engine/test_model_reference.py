@@ -48,3 +48,27 @@ def test_smollm2_gguf_matches_transformers():
     )
     tokens = compare_with_transformers(engine, hf, prompt, atol=2e-3)
     assert engine.tokenizer.decode(tokens).startswith("The capital of France is Paris")
+
+
+def test_prompt_logprobs_match_transformers(tiny_llama):
+    """Echo's prompt logprobs: every prompt token's logprob and top-5, computed in 4-token prefill
+    chunks, with a warm prefix cache (which they must not use) and n = 2."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    engine = LLMEngine(EngineConfig(model=tiny_llama, num_threads=1, block_size=4, max_num_batched_tokens=4))
+    prompt = [5, 17, 33, 2, 99, 7, 150, 42, 8, 61, 300, 12, 4]
+    engine.generate([prompt], SamplingParams(temperature=0, max_tokens=2))  # fills the prefix cache
+    with torch.no_grad():
+        ref = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), -1)
+    engine.add_request("echo", prompt, SamplingParams(temperature=0, max_tokens=3, n=2, prompt_logprobs=5))
+    firsts = []
+    while engine.has_unfinished_requests():
+        firsts += [out.prompt_logprobs for out in engine.step() if out.prompt_logprobs is not None]
+    assert len(firsts) == 1, "prompt logprobs come once, in the request's first output"
+    got = firsts[0]
+    assert len(got) == len(prompt) and got[0] is None
+    for q in range(1, len(prompt)):
+        row = ref[q - 1]
+        assert got[q].token_id == prompt[q]
+        assert abs(got[q].logprob - float(row[prompt[q]])) < 1e-4
+        assert set(got[q].top_logprobs) == set(row.topk(5).indices.tolist())
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
