@@ -164,6 +164,7 @@ class LLMEngine:
         for index in range(params.n):
             seq = Sequence(next(self._seq_counter), request_id, index, prompt_ids, params, max_tokens)
             seq.stop_token_set = stop_ids
+            seq.guide = params.guide.clone() if params.guide is not None else None
             if params.seed is not None:
                 seq.generator = torch.Generator(device=self.device)
                 seq.generator.manual_seed(params.seed + index * 7919)
@@ -218,6 +219,8 @@ class LLMEngine:
         if logprob is not None:
             seq.pending_logprobs.append(logprob)
         p = seq.params
+        if seq.guide is not None:
+            seq.guide.accept(token_id)
         # EOS and stop_token_ids end the choice without adding their text (the sampler keeps
         # them out until min_tokens is reached).
         if token_id in seq.stop_token_set:
@@ -229,6 +232,9 @@ class LLMEngine:
         seq.pending_text += delta
         if stop is not None:
             seq.stop_reason = stop
+            self.scheduler.finish(seq, "stop")
+        elif seq.guide is not None and seq.guide.is_terminated():  # the grammar is complete
+            seq.pending_text += seq.detokenizer.flush()
             self.scheduler.finish(seq, "stop")
         elif seq.num_completion_tokens >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
             seq.pending_text += seq.detokenizer.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.guided import GuidedMasker
 from engine.outputs import TokenLogprob
 from engine.sequence import Sequence
 
@@ -17,6 +18,7 @@ class Sampler:
     def __init__(self, vocab_size: int, device: torch.device) -> None:
         self.vocab_size = vocab_size
         self.device = device
+        self.guided = GuidedMasker(vocab_size, device)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob] | None]:
         # logits (B, V) float32, one row per sequence in seqs
@@ -24,6 +26,9 @@ class Sampler:
         logits = self._apply_processors(logits, seqs)
         want_logprobs = any(p.logprobs is not None for p in params)
         logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+        # grammar masks after the logprobs: they report the model's own distribution, and a
+        # masked alternative never shows as -inf
+        self.guided.apply(logits, [s.guide for s in seqs])
 
         if all(p.temperature == 0 for p in params):
             next_ids = logits.argmax(dim=-1)

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.guided import Guide
 
 
 @dataclass
@@ -29,6 +33,7 @@ class SamplingParams:
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # number of top alternatives per sampled token; None = off
+    guide: Guide | None = None  # grammar constraint (engine/guided.py); each choice gets a clone
     prompt_logprobs: int | None = None  # top alternatives per prompt token (echo); None = off
 
     def __post_init__(self) -> None:

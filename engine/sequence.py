@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import torch
 
     from engine.detokenizer import IncrementalDetokenizer
+    from engine.guided import Guide
 
 
 class SequenceStatus(enum.Enum):
@@ -51,6 +52,7 @@ class Sequence:
         self.num_emitted_tokens = 0  # completion tokens already reported to the caller
         self.pending_logprobs: list = []  # TokenLogprob of tokens not yet reported
         self.stop_token_set: set[int] = set()  # EOS and stop_token_ids that end this choice
+        self.guide: Guide | None = None  # this choice's own grammar state (engine/guided.py)
         # prompt position q -> logprob of prompt token q + 1 (SamplingParams.prompt_logprobs);
         # the request's first choice collects them while its prompt is computed, None once reported
         self.prompt_logprobs: dict | None = {} if params.prompt_logprobs is not None and index == 0 else None
