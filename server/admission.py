@@ -1,12 +1,29 @@
-"""Admission: how many generation requests the server holds at once, and draining.
+"""Admission: how much work the server holds at once, for how long, and draining.
 
 Decided in ASGI middleware on the resolved route, before the body is read, parsed, templated
 or tokenized. A request counts from admission until its response has been sent in full
 (a stream until its last event), so the count is what the server still owes clients.
+
+Three caps, each answered with 429, ``Retry-After`` and an OpenAI error of type "overloaded":
+
+- requests in flight: ``max_in_flight`` (running + queued requests);
+- queued prompt tokens: ``max_queued_tokens``, the prompt tokens admitted but not yet
+  prefilled (a prompt leaves the queue with its first generated token). A new request's
+  prompt is *estimated* from its body size (``Content-Length`` / ``BYTES_PER_TOKEN``), since
+  nothing has been read yet; once serving has tokenized it, ``Generation`` replaces the
+  estimate with the exact count. A request is never refused for its own size alone: with
+  nothing queued it is admitted (the context length and the body limit bound it).
+
+The ``Ticket`` of the request being served is in ``current_ticket`` (a context variable, so
+``Generation`` finds it without the serving layer passing it along); it also carries the
+request's deadline when ``--request-timeout`` is set.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from contextvars import ContextVar
 
 from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -14,31 +31,73 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.auth import resolve_route_name
 from server.errors import APIError
 
+logger = logging.getLogger("gptserve.server")
 GENERATION_ROUTE_NAMES = frozenset({
     "create_completion", "create_chat_completion", "create_engine_completion", "create_engine_chat_completion"})
 # answered while draining: probes say 503 themselves, and metrics keep being scraped
 DRAIN_EXEMPT_ROUTE_NAMES = frozenset({"health", "ready", "metrics"})
+# a JSON body's bytes per prompt token, roughly (English text is ~4 characters a token)
+BYTES_PER_TOKEN = 4
+
+
+class Ticket:
+    """One admitted request: the queued prompt tokens it holds, and its deadline."""
+
+    def __init__(self, admission: Admission, num_estimated_tokens: int) -> None:
+        self.admission = admission
+        self.num_queued_tokens = 0
+        self.deadline = (time.monotonic() + admission.request_timeout
+                         if admission.request_timeout is not None else None)
+        self.queue_tokens(num_estimated_tokens)
+
+    def queue_tokens(self, num_tokens: int) -> None:
+        self.admission.num_queued_tokens += num_tokens
+        self.num_queued_tokens += num_tokens
+
+    def dequeue_tokens(self, num_tokens: int | None = None) -> None:
+        """Take ``num_tokens`` (default: all this request holds) off the queue."""
+        num_tokens = self.num_queued_tokens if num_tokens is None else min(num_tokens, self.num_queued_tokens)
+        self.admission.num_queued_tokens -= num_tokens
+        self.num_queued_tokens -= num_tokens
+
+
+current_ticket: ContextVar[Ticket | None] = ContextVar("gptserve_admission_ticket", default=None)
 
 
 class Admission:
-    """The in-flight count against ``max_in_flight``, and the draining flag set on SIGTERM."""
+    """The in-flight count and queued tokens against their caps, the request timeout, and the
+    draining flag set on SIGTERM."""
 
-    def __init__(self, max_in_flight: int, retry_after_seconds: int = 1) -> None:
+    def __init__(self, max_in_flight: int, retry_after_seconds: int = 1, *,
+                 max_queued_tokens: int | None = None, request_timeout: float | None = None) -> None:
         self.max_in_flight = max_in_flight
+        self.max_queued_tokens = max_queued_tokens
+        self.request_timeout = request_timeout
         self.retry_after_seconds = retry_after_seconds
         self.num_in_flight = 0
+        self.num_queued_tokens = 0
         self.is_draining = False
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def can_admit(self) -> bool:
-        return self.num_in_flight < self.max_in_flight
+    def refusal(self, num_estimated_tokens: int = 0) -> str | None:
+        """Why a request of about ``num_estimated_tokens`` prompt tokens is refused now, or None."""
+        if self.num_in_flight >= self.max_in_flight:
+            return f"{self.num_in_flight} requests in flight, the limit is {self.max_in_flight}"
+        if (self.max_queued_tokens is not None and self.num_queued_tokens > 0
+                and self.num_queued_tokens + num_estimated_tokens > self.max_queued_tokens):
+            return (f"{self.num_queued_tokens} prompt tokens queued, this request's ~{num_estimated_tokens} "
+                    f"would pass the limit of {self.max_queued_tokens}")
+        return None
 
-    def admit(self) -> None:
+    def admit(self, num_estimated_tokens: int = 0) -> Ticket:
         self.num_in_flight += 1
         self._idle.clear()
+        return Ticket(self, num_estimated_tokens)
 
-    def release(self) -> None:
+    def release(self, ticket: Ticket | None = None) -> None:
+        if ticket is not None:
+            ticket.dequeue_tokens()
         self.num_in_flight -= 1
         if self.num_in_flight == 0:
             self._idle.set()
@@ -51,6 +110,12 @@ class Admission:
             return True
         except asyncio.TimeoutError:
             return False
+
+
+def estimate_prompt_tokens(scope: Scope) -> int:
+    """The prompt tokens a request probably carries, from its declared body size (0 if none)."""
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    return int(declared) // BYTES_PER_TOKEN if declared.isdigit() else 0
 
 
 class AdmissionMiddleware:
@@ -73,15 +138,18 @@ class AdmissionMiddleware:
         if name not in GENERATION_ROUTE_NAMES:
             await self.app(scope, receive, send)
             return
-        if not admission.can_admit():
+        num_estimated_tokens = estimate_prompt_tokens(scope)
+        reason = admission.refusal(num_estimated_tokens)
+        if reason is not None:
             response = APIError(
-                429, f"The server is overloaded ({admission.num_in_flight} requests in flight, the limit is "
-                     f"{admission.max_in_flight}); retry after {admission.retry_after_seconds} s.",
+                429, f"The server is overloaded ({reason}); retry after {admission.retry_after_seconds} s.",
                 code="server_overloaded").response(headers={"Retry-After": str(admission.retry_after_seconds)})
             await response(scope, receive, send)
             return
-        admission.admit()
+        ticket = admission.admit(num_estimated_tokens)
+        reset = current_ticket.set(ticket)
         try:
             await self.app(scope, receive, send)
         finally:
-            admission.release()
+            current_ticket.reset(reset)
+            admission.release(ticket)

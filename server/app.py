@@ -12,12 +12,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from engine import AsyncEngine, EngineConfig
 from server.admission import Admission, AdmissionMiddleware
 from server.auth import APIKeyChecker, APIKeyMiddleware, resolve_route_name
 from server.errors import APIError, install_error_handlers
+from server.limits import BodySizeLimitMiddleware
+from server.logfilter import install_log_sanitizer
 from server.metrics import MetricsMiddleware, ServerMetrics
 from server.routes import router
 from server.serving import OpenAIServing
@@ -25,44 +27,6 @@ from server.settings import Settings
 
 logger = logging.getLogger("gptserve.server")
 STATIC_DIR = Path(__file__).parent / "static"
-
-
-class BodySizeLimitMiddleware:
-    """413 for bodies over the limit, declared or streamed, before anything parses them."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_large = APIError(413, f"The request body is larger than {self.max_bytes} bytes.",
-                             code="request_too_large").response()
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await too_large(scope, receive, send)
-            return
-        # read the (bounded) body now, then replay it; later receives go to the client as usual
-        messages: list[Message] = []
-        num_bytes = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            num_bytes += len(message.get("body", b""))
-            if num_bytes > self.max_bytes:
-                await too_large(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
 
 
 class PublicMetricsAPIKeyMiddleware(APIKeyMiddleware):
@@ -122,6 +86,7 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
     so /health answers and /ready says 503 while the weights load. ``on_fatal``: called when
     the engine fails to load or dies, to stop the process (non-zero) for a supervisor to restart."""
     checker = APIKeyChecker(settings.api_keys)
+    install_log_sanitizer()  # request fields in log lines cannot forge lines
     on_fatal = on_fatal or (lambda: None)
 
     async def load_and_start(app: FastAPI) -> None:
@@ -156,7 +121,9 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
     app.state.serving = None
     app.state.load_failed = False
     app.state.metrics = ServerMetrics(lambda: app.state.engine)
-    app.state.admission = Admission(settings.max_num_seqs + settings.max_queued_requests)
+    app.state.admission = Admission(settings.max_num_seqs + settings.max_queued_requests,
+                                    max_queued_tokens=settings.max_queued_tokens,
+                                    request_timeout=settings.request_timeout)
     install_error_handlers(app)
     # flat (not include_router, which nests them in one opaque route): auth resolves each
     # request to the very route object the app's router will dispatch it to

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import anyio
 
 from engine import RequestOutput, SamplingParams
+from server.admission import current_ticket
+from server.errors import APIError
 
 logger = logging.getLogger("gptserve.server")
 
@@ -17,12 +20,23 @@ class Generation:
 
     ``close()`` aborts every engine request that has not finished; callers run it in a
     ``finally`` so that a cancelled consumer (client gone) frees its KV blocks at once.
+
+    Under admission (``current_ticket`` set), the prompts' exact token counts replace the
+    admission's estimate in the queued-token count until each prompt's first output, and past
+    the ticket's deadline (``--request-timeout``) iteration aborts every engine request and
+    raises a 408 ``APIError`` of type "timeout".
     """
 
     def __init__(self, engine, prompts: list[list[int]], params: SamplingParams, request_id: str):
         self.engine = engine
+        self.request_id = request_id
         self.request_ids = [f"{request_id}-{k}" for k in range(len(prompts))]
         self.unfinished = set(self.request_ids)
+        self.ticket = current_ticket.get()
+        self._num_queued_tokens = {k: len(ids) for k, ids in enumerate(prompts)}  # until the first output
+        if self.ticket is not None:
+            self.ticket.dequeue_tokens()  # the estimate made from the body size
+            self.ticket.queue_tokens(sum(self._num_queued_tokens.values()))
         self._queue: asyncio.Queue = asyncio.Queue()
         self._tasks = [asyncio.create_task(self._pump(k, ids, params)) for k, ids in enumerate(prompts)]
 
@@ -34,18 +48,38 @@ class Generation:
         except Exception as exc:  # handed to the consumer, which decides the HTTP outcome
             self._queue.put_nowait((k, None, exc))
 
+    async def _next(self) -> tuple[int, RequestOutput | None, Exception | None]:
+        deadline = self.ticket.deadline if self.ticket is not None else None
+        if deadline is None:
+            return await self._queue.get()
+        try:
+            return await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            timeout = self.ticket.admission.request_timeout
+            logger.warning("%s: past the request timeout (%g s); aborting it", self.request_id, timeout)
+            await self.close()  # before the error reaches the client: the KV blocks are freed now
+            raise APIError(408, f"The request did not finish within the server's request timeout of "
+                                f"{timeout:g} s; its generation was stopped.", code="request_timeout") from None
+
     async def __aiter__(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         num_running = len(self._tasks)
         while num_running:
-            k, out, exc = await self._queue.get()
+            k, out, exc = await self._next()
             if exc is not None:
                 raise exc
             if out is None:
                 num_running -= 1
                 continue
+            self._dequeue(k)
             if out.is_finished:
                 self.unfinished.discard(self.request_ids[k])
             yield k, out
+
+    def _dequeue(self, k: int) -> None:
+        """Prompt ``k`` has been prefilled (its first output came): no longer queued."""
+        num_tokens = self._num_queued_tokens.pop(k, 0)
+        if num_tokens and self.ticket is not None:
+            self.ticket.dequeue_tokens(num_tokens)
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):  # runs even while the caller is being cancelled
@@ -57,3 +91,5 @@ class Generation:
                 except Exception:
                     logger.exception("abort of %s failed", request_id)
             self.unfinished.clear()
+            for k in list(self._num_queued_tokens):
+                self._dequeue(k)

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # limits and failure behaviour
     max_queued_requests: int = Field(
         256, ge=0, description="requests held beyond --max-num-seqs; past running + queued, 429 with Retry-After")
+    max_queued_tokens: int | None = Field(
+        None, ge=1, description="prompt tokens held waiting for prefill; past it, 429 with Retry-After (default: no cap)")
+    request_timeout: float | None = Field(
+        None, gt=0, description="seconds a generation request may take, queue included; past it 408 (default: none)")
     drain_timeout: float = Field(30.0, ge=0, description="on SIGTERM: seconds to let in-flight requests finish before exiting")
     metrics_public: bool = Field(False, description="serve /metrics without an API key (for scrapers that cannot send one)")
     fault_injection_step: int | None = Field(
