@@ -4,6 +4,7 @@ The server imports only what this module exports.
 """
 from engine.async_engine import AsyncEngine, EngineDeadError
 from engine.config import EngineConfig
+from engine.embedder import Embedder
 from engine.llm_engine import LLMEngine
 from engine.loader import default_model_path
 from engine.models.config import ModelConfig
@@ -14,6 +15,7 @@ from engine.tokenizer import Tokenizer
 __all__ = [
     "AsyncEngine",
     "CompletionOutput",
+    "Embedder",
     "EngineConfig",
     "EngineDeadError",
     "LLMEngine",
