@@ -4,9 +4,15 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from engine import SamplingParams
 from server.protocol import RequestModel, ResponseModel, SamplingRequest, Unsupported, UsageInfo
+
+MAX_TOP_LOGPROBS = 20  # the spec's limit
+# Template variables a request may set: switches that common templates read. Everything else a
+# template sees (messages, tools, add_generation_prompt, bos_token …) is the server's to set.
+CHAT_TEMPLATE_KWARGS = frozenset({"enable_thinking", "thinking", "reasoning_effort", "date_string"})
 
 
 class ContentPart(RequestModel):
@@ -47,7 +53,7 @@ class ChatCompletionRequest(SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None
@@ -56,7 +62,50 @@ class ChatCompletionRequest(SamplingRequest):
     modalities: list[str] | None = None
     audio: Any = None
     prediction: Any = None
-    chat_template_kwargs: dict[str, Any] | None = None
+    # extensions that vLLM also accepts
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, str | bool | int | float | None] | None = None
+
+    @field_validator("chat_template_kwargs", mode="before")
+    @classmethod
+    def _whitelisted(cls, value: object) -> object:
+        unknown = sorted(set(value) - CHAT_TEMPLATE_KWARGS) if isinstance(value, dict) else []
+        if unknown:
+            raise ValueError(f"not allowed: {', '.join(map(repr, unknown))}; the allowed keys are "
+                             f"{', '.join(sorted(CHAT_TEMPLATE_KWARGS))}")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs set to true")
+        return value
+
+    @field_validator("continue_final_message")
+    @classmethod
+    def _continue_final_message(cls, value: bool, info: ValidationInfo) -> bool:
+        messages = info.data.get("messages")
+        if value and messages and messages[-1].role != "assistant":
+            raise ValueError("it needs the last message to be the assistant's")
+        if value and info.data.get("add_generation_prompt"):
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        return value
+
+    @property
+    def is_generation_prompt_added(self) -> bool:
+        """add_generation_prompt, by default true unless the final message is continued."""
+        if self.add_generation_prompt is None:
+            return not self.continue_final_message
+        return self.add_generation_prompt
+        if self.messages[-1].role != "assistant":
+            raise ValueError("continue_final_message needs the last message to be the assistant's")
+        if "add_generation_prompt" not in self.model_fields_set:
+            self.add_generation_prompt = False  # implied: the assistant's turn is the open one
+        elif self.add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        return self
 
     @model_validator(mode="after")
     def _min_tokens_le_max_completion(self):
@@ -69,12 +118,13 @@ class ChatCompletionRequest(SamplingRequest):
         # max_tokens is deprecated in favour of max_completion_tokens; the newer one wins
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    def to_sampling_params(self, max_tokens: int | None = None) -> SamplingParams:
+        params = super().to_sampling_params(max_tokens)
+        params.logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return params
+
     def unsupported_fields(self) -> list[str]:
         bad = [name for name in ("tools", "functions", "audio", "prediction") if getattr(self, name)]
-        if self.logprobs:
-            bad.append("logprobs")
-        if self.top_logprobs:
-            bad.append("top_logprobs")
         if self.tool_choice not in (None, "none", "auto"):
             bad.append("tool_choice")
         if self.function_call not in (None, "none", "auto"):
@@ -86,8 +136,22 @@ class ChatCompletionRequest(SamplingRequest):
         return bad
 
 
-
 # ----- responses -----
+
+class TopLogprob(ResponseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None  # the token's real bytes, which may be part of a UTF-8 character
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(ResponseModel):
+    content: list[ChatTokenLogprob] | None = None
+    refusal: None = None  # required by the spec, always null here
+
 
 class ResponseMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
@@ -98,7 +162,7 @@ class ResponseMessage(ResponseModel):
 class ChatChoice(ResponseModel):
     index: int
     message: ResponseMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 
@@ -120,7 +184,7 @@ class DeltaMessage(ResponseModel):
 class ChatStreamChoice(ResponseModel):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 

@@ -6,8 +6,11 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
-from server.protocol import MAX_N, MAX_PROMPTS, ResponseModel, SamplingRequest, UsageInfo
+from engine import SamplingParams
+from server.protocol import MAX_PROMPTS, ResponseModel, SamplingRequest, UsageInfo
 
+MAX_BEST_OF = 20  # OpenAI's own limit
+MAX_COMPLETION_LOGPROBS = 5  # the spec's limit for the legacy endpoint
 
 PromptField = Union[str,
                     Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)],
@@ -18,31 +21,47 @@ PromptField = Union[str,
 
 class CompletionRequest(SamplingRequest):
     prompt: PromptField
-    best_of: int | None = Field(None, ge=1, le=MAX_N)
+    best_of: int | None = Field(None, ge=1, le=MAX_BEST_OF)
     echo: bool | None = False
-    logprobs: int | None = Field(None, ge=0, le=20)
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     suffix: str | None = None
 
-    def unsupported_fields(self) -> list[str]:
-        bad = []
-        if self.best_of is not None and self.best_of != (self.n or 1):
-            bad.append("best_of")
-        if self.echo:
-            bad.append("echo")
-        if self.logprobs is not None:
-            bad.append("logprobs")
-        if self.suffix:
-            bad.append("suffix")
-        return bad
+    @property
+    def num_choices(self) -> int:
+        return self.n or 1
+
+    @property
+    def num_candidates(self) -> int:
+        """Sequences generated per prompt: best_of of them, of which the best n are returned."""
+        return max(self.best_of or 1, self.num_choices)
+
+    def to_sampling_params(self, max_tokens: int | None = None) -> SamplingParams:
+        params = super().to_sampling_params(max_tokens)
+        params.n = self.num_candidates
+        # best_of ranks candidates by their summed logprobs, so it needs them even if not shown
+        params.logprobs = self.logprobs if self.logprobs is not None else (0 if params.n > self.num_choices else None)
+        params.prompt_logprobs = self.logprobs if self.echo and self.logprobs is not None else None
+        return params
 
 
 
 # ----- responses -----
 
+class CompletionLogprobs(ResponseModel):
+    """Parallel lists, one entry per token. ``text_offset`` counts characters of the choice's
+    returned text (the prompt included when echoed); an echoed prompt's first token has no
+    logprob (nothing comes before it), so its entries are null, as OpenAI sends them."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(ResponseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 

@@ -1,42 +1,54 @@
 """Chunks: one request's engine outputs accumulated into stream chunks and a full response.
 
 Endpoint subclasses (serving_completions.CompletionChunks, serving_chat.ChatChunks) build
-the shapes; this base keeps the per-choice text, finish reasons and token counts.
+the shapes; this base keeps the per-choice text, finish reasons, token counts and logprobs.
 """
 from __future__ import annotations
 
 import time
 
-from engine import RequestOutput
+from engine import RequestOutput, TokenLogprob
 from server import protocol as p
 from server.errors import APIError
+from server.serving_logprobs import TokenStrings
 
 
 class Chunks:
-    """Accumulates one request's outputs; builds its stream chunks and its full response."""
+    """Accumulates one request's outputs; builds its stream chunks and its full response.
 
-    def __init__(self, request_id: str, model: str, n: int, include_usage: bool) -> None:
+    ``n``: sequences per prompt (choice ``i`` of prompt ``k`` is index ``k * n + i``).
+    ``num_logprobs``: top alternatives to show per token; None = logprobs off.
+    """
+
+    def __init__(self, request_id: str, model: str, n: int, include_usage: bool,
+                 strings: TokenStrings | None = None, num_logprobs: int | None = None) -> None:
         self.request_id, self.model, self.n, self.include_usage = request_id, model, n, include_usage
+        self.strings, self.num_logprobs = strings, num_logprobs
         self.created = int(time.time())
         self.texts: dict[int, str] = {}
         self.finish_reasons: dict[int, str] = {}
         self.num_tokens: dict[int, int] = {}
         self.num_prompt_tokens: dict[int, int] = {}
         self.num_cached_tokens: dict[int, int] = {}
+        self.cumulative_logprobs: dict[int, float] = {}
 
     def update(self, k: int, out: RequestOutput) -> list[dict]:
         """Record one engine output of prompt ``k``; return the stream chunks it makes."""
+        chunks = [] if k in self.num_prompt_tokens else self.prompt_started(k, out)
         self.num_prompt_tokens[k] = out.num_prompt_tokens
         self.num_cached_tokens[k] = out.num_cached_tokens
-        chunks = []
         for choice in out.outputs:
             index = k * self.n + choice.index
             if index in self.finish_reasons:
                 continue  # exactly one finish_reason per choice, whatever the engine repeats
+            entries = list(choice.logprobs or [])
+            self.cumulative_logprobs[index] = self.cumulative_logprobs.get(index, 0.0) + sum(e.logprob for e in entries)
+            if choice.finish_reason == "stop" and not isinstance(choice.stop_reason, str) and entries:
+                entries.pop()  # the end-of-turn or stop token: it adds no text, so no logprob shown
             self.texts[index] = self.texts.get(index, "") + choice.text
             self.num_tokens[index] = choice.num_tokens
-            if choice.text:
-                chunks.append(self.text_chunk(index, choice.text))
+            if choice.text or (entries and self.num_logprobs is not None):
+                chunks.append(self.text_chunk(index, choice.text, entries))
             if choice.finish_reason == "abort":
                 raise APIError(503, "The engine aborted the request before it finished.")
             if choice.finish_reason is not None:
@@ -48,9 +60,13 @@ class Chunks:
         num_prompt = sum(self.num_prompt_tokens.values())
         num_completion = sum(self.num_tokens.values())
         num_cached = sum(self.num_cached_tokens.values())
-        details = p.PromptTokensDetails(cached_tokens=num_cached) if num_cached else None
         return p.UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_completion,
-                           total_tokens=num_prompt + num_completion, prompt_tokens_details=details)
+                           total_tokens=num_prompt + num_completion,
+                           prompt_tokens_details=p.PromptTokensDetails(cached_tokens=num_cached))
+
+    def prompt_started(self, k: int, out: RequestOutput) -> list[dict]:
+        """The first output of prompt ``k`` arrived (completions' echo goes out here)."""
+        return []
 
     def start(self) -> list[dict]:
         return []
@@ -61,7 +77,7 @@ class Chunks:
     def indices(self) -> list[int]:
         return sorted(self.texts)
 
-    def text_chunk(self, index: int, text: str) -> dict:
+    def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict:
         raise NotImplementedError
 
     def finish_chunk(self, index: int, reason: str) -> dict:

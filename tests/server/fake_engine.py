@@ -3,7 +3,8 @@
 Tokens are bytes (id = byte + 3; 0 = BOS, 1 = EOS). Greedy choices spell ``script``
 (default "The capital of France is Paris."); sampled ones spell letters drawn from a
 ``random.Random(seed)``, so the same seed gives the same text. Every call is recorded
-(``requests``, ``aborted``) so tests can check what the server asked for.
+(``requests``, ``aborted``) so tests can check what the server asked for. Logprobs, when
+asked, are made up but fixed: ``fake_logprob(token, position)``, alternatives ``ALTERNATIVES``.
 """
 from __future__ import annotations
 
@@ -11,9 +12,19 @@ import asyncio
 import random
 from dataclasses import dataclass
 
-from engine import CompletionOutput, EngineDeadError, RequestOutput, SamplingParams
+from engine import CompletionOutput, EngineDeadError, RequestOutput, SamplingParams, TokenLogprob
 
 BOS, EOS, OFFSET = 0, 1, 3
+ALTERNATIVES = [OFFSET + ord(c) for c in "etaoinshrdlucmfwypvbgkjqxz"]  # top_logprobs ids, best first
+
+
+def fake_logprob(token_id: int, position: int) -> float:
+    return -0.25 * ((token_id * 7 + position) % 9) - 0.05
+
+
+def fake_token_logprob(token_id: int, position: int, k: int) -> TokenLogprob:
+    top = {t: -0.1 * (rank + 1) for rank, t in enumerate(ALTERNATIVES[:k])}
+    return TokenLogprob(token_id, fake_logprob(token_id, position), top)
 
 
 class FakeTokenizer:
@@ -58,6 +69,7 @@ class FakeEngine:
         self.finished: list[str] = []
         self.fail_with: BaseException | None = None  # raised from generate() after fail_after tokens
         self.fail_after = 0
+        self.num_cached_tokens = 0  # reported in every RequestOutput
         self.started = False
         self.is_shut_down = False
         self._num_running = 0
@@ -105,6 +117,8 @@ class FakeEngine:
                         continue
                     token = plan[step] if step < len(plan) else OFFSET + ord(".")
                     out = CompletionOutput(index=i, text="", token_ids=[token], num_tokens=step + 1)
+                    if params.logprobs is not None:
+                        out.logprobs = [fake_token_logprob(token, step, params.logprobs)]
                     if token == EOS and not params.ignore_eos:
                         out.finish_reason, out.stop_reason = "stop", None
                     else:
@@ -119,8 +133,13 @@ class FakeEngine:
                             out.finish_reason = "length"
                     done[i] = out.finish_reason is not None
                     outs.append(out)
-                yield RequestOutput(request_id=request_id, outputs=outs,
-                                    num_prompt_tokens=len(prompt_ids), is_finished=all(done))
+                prompt_logprobs = None
+                if step == 0 and params.prompt_logprobs is not None:
+                    prompt_logprobs = [None] + [fake_token_logprob(t, q, params.prompt_logprobs)
+                                                for q, t in enumerate(prompt_ids[1:])]
+                yield RequestOutput(request_id=request_id, outputs=outs, num_prompt_tokens=len(prompt_ids),
+                                    num_cached_tokens=self.num_cached_tokens, is_finished=all(done),
+                                    prompt_logprobs=prompt_logprobs)
                 if all(done):
                     self.finished.append(request_id)
                     return
