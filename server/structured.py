@@ -1,0 +1,178 @@
+"""Structured output: request fields → llguidance grammars → per-request guides for the engine.
+
+llguidance (chosen by measurement over xgrammar, see BENCHMARKS.md) compiles JSON schemas,
+regular expressions and Lark grammars against the model's vocabulary and computes each
+step's allowed-token bitmask. The engine sees only ``engine.guided.Guide``: an ``LLGuide``
+wraps one ``LLMatcher``.
+
+Grammars are cached by their text (a compiled matcher at its start state, LRU), so a schema
+sent again costs a copy, not a compile. JSON is generated with fixed separators (``", "``,
+``": "``) and no free whitespace, so a small model cannot wander into endless blank lines.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import llguidance
+import torch
+from llguidance._tokenizer import TokenizerWrapper
+
+from engine import Tokenizer
+
+JSON_OPTIONS = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+MAX_CACHED_GRAMMARS = 256
+_REGEX_META = set("\\.+*?()|[]{}^$#&-~")
+
+
+class GrammarError(ValueError):
+    """The request's schema, regex or grammar is invalid; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class LLGuide:
+    """engine.guided.Guide over one llguidance matcher."""
+
+    __slots__ = ("matcher",)
+
+    def __init__(self, matcher: llguidance.LLMatcher) -> None:
+        self.matcher = matcher
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        words = bitmask[row]
+        self.matcher.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * 4)
+
+    def accept(self, token_id: int) -> bool:
+        return self.matcher.consume_token(token_id)
+
+    def is_terminated(self) -> bool:
+        return self.matcher.is_stopped() or self.matcher.is_error()
+
+    def clone(self) -> LLGuide:
+        return LLGuide(self.matcher.deep_copy())
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """What to constrain the output to: ``kind`` is "json", "regex", "choice" or "lark"."""
+
+    kind: str
+    value: Any
+    param: str  # the request field it came from, for error messages
+
+
+def regex_escape(text: str) -> str:
+    """Escape for llguidance's (Rust) regex syntax, which rejects Python's escaped spaces."""
+    return "".join("\\" + c if c in _REGEX_META else c for c in text)
+
+
+def close_objects(schema: Any) -> Any:
+    """A copy of ``schema`` whose objects with ``properties`` and no ``additionalProperties``
+    allow no other keys (what OpenAI's strict mode requires; a small model needs the rail)."""
+    if isinstance(schema, list):
+        return [close_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: close_objects(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def lark_json(schema: dict) -> str:
+    """A JSON schema embedded in a Lark grammar, with our separators."""
+    return "%json " + json.dumps({**schema, "x-guidance": JSON_OPTIONS})
+
+
+def lark_string(text: str) -> str:
+    return json.dumps(text)  # Lark's string escapes are JSON's for what we write
+
+
+class StructuredOutput:
+    """One per model: the llguidance tokenizer (built on first use) and the grammar cache."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self._lltokenizer: llguidance.LLTokenizer | None = None
+        self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def lltokenizer(self) -> llguidance.LLTokenizer:
+        """Built once (about 0.2 s for a 49k vocabulary) from the tokenizer's token bytes."""
+        with self._lock:
+            if self._lltokenizer is None:
+                self._lltokenizer = llguidance.LLTokenizer(
+                    TokenizerWrapper(_TokenTable(self.tokenizer, self.vocab_size)),
+                    n_vocab=self.vocab_size, eos_token=list(self.tokenizer.eos_token_ids))
+            return self._lltokenizer
+
+    def grammar(self, spec: GrammarSpec) -> str:
+        """The llguidance grammar text for ``spec``."""
+        if spec.kind == "json":
+            schema = spec.value
+            if isinstance(schema, str):
+                try:
+                    schema = json.loads(schema)
+                except json.JSONDecodeError as exc:
+                    raise GrammarError(f"the JSON schema is not valid JSON: {exc}", spec.param) from None
+            if not isinstance(schema, dict):
+                raise GrammarError("the JSON schema must be an object", spec.param)
+            try:
+                return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+            except (ValueError, TypeError) as exc:
+                raise GrammarError(f"invalid JSON schema: {exc}", spec.param) from None
+        if spec.kind == "regex":
+            return llguidance.LLMatcher.grammar_from_regex(spec.value)
+        if spec.kind == "choice":
+            return llguidance.LLMatcher.grammar_from_regex("|".join(f"({regex_escape(c)})" for c in spec.value))
+        if spec.kind == "lark":
+            return llguidance.LLMatcher.grammar_from_lark(spec.value)
+        raise GrammarError(f"unknown grammar kind {spec.kind!r}", spec.param)
+
+    def guide(self, spec: GrammarSpec) -> LLGuide:
+        """A fresh guide at the grammar's start; GrammarError (a 400) if it does not compile."""
+        grammar = self.grammar(spec)
+        with self._lock:
+            matcher = self._cache.get(grammar)
+            if matcher is not None:
+                self._cache.move_to_end(grammar)
+                return LLGuide(matcher.deep_copy())
+        matcher = llguidance.LLMatcher(self.lltokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise GrammarError(f"invalid {_WHAT[spec.kind]}: {matcher.get_error()}", spec.param)
+        with self._lock:
+            self._cache[grammar] = matcher
+            if len(self._cache) > MAX_CACHED_GRAMMARS:
+                self._cache.popitem(last=False)
+        return LLGuide(matcher.deep_copy())
+
+
+_WHAT = {"json": "JSON schema", "regex": "regular expression", "choice": "choice list", "lark": "grammar"}
+
+
+class _TokenTable:
+    """What llguidance's TokenizerWrapper reads: each token's bytes, the specials marked."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int) -> None:
+        # special tokens (<|im_end|> …) decode to nothing; llguidance wants them prefixed with
+        # 0xFF so that grammar text never matches them
+        num = min(vocab_size, tokenizer.vocab_size)
+        self.special_token_ids = [i for i in range(num) if tokenizer.decode([i]) == ""]
+        special = set(self.special_token_ids)
+        self.tokens = [b"\xff" + tokenizer.token_bytes(i) if i in special else tokenizer.token_bytes(i)
+                       for i in range(num)]
+        self.tokens += [b"\xff<pad>"] * (vocab_size - num)  # rows the model has past the tokenizer
+        self.eos_token_id = tokenizer.eos_token_ids[0] if tokenizer.eos_token_ids else None
+        self.bos_token_id = tokenizer.bos_token_id
+        self._tokenizer = tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False)

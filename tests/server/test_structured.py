@@ -1,0 +1,96 @@
+"""Grammars → guides (server/structured.py) over a tiny real tokenizer: what they allow, errors, cache."""
+import json
+
+import pytest
+import torch
+
+from engine import Tokenizer
+from engine.guided import Guide, bitmask_words
+from server.structured import GrammarError, GrammarSpec, StructuredOutput, close_objects
+from server.tools import ToolSettings
+from tests.tiny_models import TOKENIZER_VOCAB_SIZE, make_tiny_tokenizer_files
+
+VOCAB = TOKENIZER_VOCAB_SIZE + 8  # a model may have more logit rows than the tokenizer has tokens
+
+
+@pytest.fixture(scope="module")
+def structured(tmp_path_factory):
+    tokenizer = Tokenizer.load(make_tiny_tokenizer_files(str(tmp_path_factory.mktemp("tok"))))
+    return StructuredOutput(tokenizer, VOCAB)
+
+
+def allowed(guide) -> set[int]:
+    bitmask = torch.zeros(2, bitmask_words(VOCAB), dtype=torch.int32)
+    guide.fill_bitmask(bitmask, 1)
+    bits = (bitmask[1].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
+    return set(bits.flatten().nonzero().flatten().tolist())
+
+
+def run(structured, guide, text: str) -> bool:
+    """Feed text token by token, each checked against the mask first; True if all accepted."""
+    for t in structured.tokenizer.encode(text, add_special_tokens=False):
+        if t not in allowed(guide) or not guide.accept(t):
+            return False
+    return True
+
+
+def test_json_schema_guide_walks_a_valid_answer_and_ends(structured):
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    guide = structured.guide(GrammarSpec("json", schema, "response_format"))
+    assert isinstance(guide, Guide)
+    assert run(structured, guide, '{"name": "Paris", "age": 10}')
+    eos = structured.tokenizer.eos_token_ids[0]
+    assert allowed(guide) == {eos}  # complete: only the end of the turn is left
+    assert guide.accept(eos) and guide.is_terminated()
+
+
+def test_json_schema_guide_refuses_what_the_schema_does_not_allow(structured):
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    spec = GrammarSpec("json", close_objects(schema), "response_format")
+    assert not run(structured, structured.guide(spec), '{"age": "ten"}')
+    assert not run(structured, structured.guide(spec), '{"age": 1, "x": 2}')
+    assert not run(structured, structured.guide(spec), '{"age":1}')  # fixed separators
+
+
+def test_choice_and_regex(structured):
+    spec = GrammarSpec("choice", ["yes", "no (maybe)"], "structured_outputs")
+    assert run(structured, structured.guide(spec), "no (maybe)")
+    assert not run(structured, structured.guide(spec), "nope")
+    guide = structured.guide(GrammarSpec("regex", r"[0-9]{3}-[a-z]+", "structured_outputs"))
+    assert run(structured, guide, "123-abc")
+    assert not run(structured, structured.guide(GrammarSpec("regex", r"[0-9]{3}", "x")), "12a")
+
+
+def test_clones_and_cached_grammars_are_independent(structured):
+    spec = GrammarSpec("choice", ["aa", "bb"], "structured_outputs")
+    first = structured.guide(spec)
+    twin = first.clone()
+    assert run(structured, first, "aa")
+    assert run(structured, twin, "bb")  # the clone did not see "aa"
+    assert run(structured, structured.guide(spec), "bb")  # the cache hands out fresh copies
+
+
+@pytest.mark.parametrize("spec", [
+    GrammarSpec("json", {"type": "objectx"}, "response_format"),
+    GrammarSpec("json", "{not json", "structured_outputs"),
+    GrammarSpec("json", [1, 2], "structured_outputs"),
+    GrammarSpec("regex", "a(b", "structured_outputs"),
+    GrammarSpec("lark", "start: undefined_rule", "structured_outputs"),
+])
+def test_bad_grammars_raise_grammar_error_naming_the_field(structured, spec):
+    with pytest.raises(GrammarError) as info:
+        structured.guide(spec)
+    assert info.value.param == spec.param
+
+
+def test_forced_tool_call_grammar(structured):
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    guide = structured.guide(ToolSettings(tools=[tool], choice="required", parallel=False).grammar())
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert run(structured, guide, f"<tool_call>\n{json.dumps(call)}\n</tool_call>")
+    assert guide.is_terminated() or allowed(guide) == set(structured.tokenizer.eos_token_ids[:1])
+    extra = {"name": "get_weather", "arguments": {"city": "Paris", "x": 1}}  # arguments are closed objects
+    assert not run(structured, structured.guide(ToolSettings(tools=[tool], choice="required").grammar()),
+                   f"<tool_call>\n{json.dumps(extra)}")
