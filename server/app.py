@@ -22,6 +22,7 @@ from server.limits import BodySizeLimitMiddleware
 from server.logfilter import install_log_sanitizer
 from server.metrics import MetricsMiddleware, ServerMetrics
 from server.routes import router
+from server.routes_tokens import router as tokens_router
 from server.serving import OpenAIServing
 from server.settings import Settings
 
@@ -127,7 +128,7 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
     install_error_handlers(app)
     # flat (not include_router, which nests them in one opaque route): auth resolves each
     # request to the very route object the app's router will dispatch it to
-    app.router.routes.extend(router.routes)
+    app.router.routes.extend(router.routes + tokens_router.routes)
     if STATIC_DIR.is_dir():  # after the API routes: they win over files of the same name
         app.router.routes.append(ChatPageMount("/", app=ChatPage(directory=STATIC_DIR, html=True), name="static"))
     # the last added runs first: error counting, CORS (answers preflights), auth, admission

@@ -8,6 +8,7 @@ their harmless default, naming the field.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -27,12 +28,32 @@ class Unsupported(ValueError):
     """A field we cannot honour yet was set (the message names it)."""
 
 
+logger = logging.getLogger("gptserve.server")
+MAX_LOGGED_UNKNOWN = 256  # a client inventing field names cannot flood the log
+_logged_unknown: set[str] = set()
+
+
 class RequestModel(BaseModel):
+    """Unknown fields are ignored, and each unknown name is logged once per process."""
+
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _log_unknown_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.model_config.get("extra") == "ignore":
+            for key in data.keys() - cls.model_fields.keys():
+                name = f"{cls.__name__}.{str(key)[:64]}"
+                if name not in _logged_unknown and len(_logged_unknown) < MAX_LOGGED_UNKNOWN:
+                    _logged_unknown.add(name)
+                    logger.warning("ignoring unknown request field %r of %s (logged once)", str(key)[:64],
+                                   cls.__name__)
+        return data
 
 
 class StreamOptions(RequestModel):
     include_usage: bool | None = False
+    include_obfuscation: bool | None = None  # nothing is obfuscated here, so there is nothing to turn off
 
 
 StopField = Union[Annotated[str, Field(max_length=MAX_STOP_CHARS)],

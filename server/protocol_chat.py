@@ -62,6 +62,17 @@ class ChatCompletionRequest(SamplingRequest):
     modalities: list[str] | None = None
     audio: Any = None
     prediction: Any = None
+    web_search_options: Any = None
+    moderation: Any = None
+    store: bool | None = False
+    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    safety_identifier: str | None = None
     # extensions that vLLM also accepts
     add_generation_prompt: bool | None = None
     continue_final_message: bool = False
@@ -124,7 +135,16 @@ class ChatCompletionRequest(SamplingRequest):
         return params
 
     def unsupported_fields(self) -> list[str]:
-        bad = [name for name in ("tools", "functions", "audio", "prediction") if getattr(self, name)]
+        bad = [name for name in ("tools", "functions", "audio", "prediction", "web_search_options", "moderation",
+                                 "store", "prompt_cache_options") if getattr(self, name)]
+        if self.service_tier not in (None, "auto", "default"):
+            bad.append("service_tier")  # one tier here
+        if self.verbosity not in (None, "medium"):
+            bad.append("verbosity")
+        if self.reasoning_effort not in (None, "none"):
+            bad.append("reasoning_effort")  # the model does not reason apart from its answer
+        if self.prompt_cache_retention == "24h":
+            bad.append("prompt_cache_retention")  # the prefix cache lives in memory only
         if self.tool_choice not in (None, "none", "auto"):
             bad.append("tool_choice")
         if self.function_call not in (None, "none", "auto"):

@@ -28,6 +28,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # API (and every client) sends ``finish_reason: null`` on chunks before a choice ends, which
 # that schema forbids. This derived schema differs only in allowing that null.
 COMPLETION_STREAM_SCHEMA = "CreateCompletionStreamResponse"
+# With echo and logprobs the real API (and vLLM) send null as the first prompt token's logprob
+# and top_logprobs (nothing comes before it to predict it), which the spec's number-only lists
+# forbid. These two derived schemas differ from the above only in allowing that null.
+COMPLETION_ECHO_SCHEMAS = {"CreateCompletionResponse": "CreateCompletionEchoResponse",
+                           COMPLETION_STREAM_SCHEMA: "CreateCompletionEchoStreamResponse"}
 
 
 def spec_path() -> Path:
@@ -74,6 +79,12 @@ def _spec_and_registry() -> tuple[dict, Registry]:
         "anyOf": [finish, {"type": "null"}]
     }
     schemas[COMPLETION_STREAM_SCHEMA] = stream
+    for base, derived in COMPLETION_ECHO_SCHEMAS.items():
+        echo = copy.deepcopy(schemas[base])
+        logprobs = echo["properties"]["choices"]["items"]["properties"]["logprobs"]["anyOf"][0]["properties"]
+        for name in ("token_logprobs", "top_logprobs"):
+            logprobs[name]["items"] = {"anyOf": [logprobs[name]["items"], {"type": "null"}]}
+        schemas[derived] = echo
     registry = Registry().with_resource(SPEC_URI, Resource(contents=spec, specification=DRAFT202012))
     return spec, registry
 

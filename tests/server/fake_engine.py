@@ -9,6 +9,7 @@ asked, are made up but fixed: ``fake_logprob(token, position)``, alternatives ``
 from __future__ import annotations
 
 import asyncio
+import codecs
 import random
 from dataclasses import dataclass
 
@@ -104,6 +105,8 @@ class FakeEngine:
         max_tokens = params.max_tokens or self.max_model_len - len(prompt_ids)
         plans = [self._choice_ids(i, params) for i in range(params.n)]
         texts = ["" for _ in plans]
+        # like the real detokenizer: a character's text comes out once all its bytes have
+        utf8 = [codecs.getincrementaldecoder("utf-8")("replace") for _ in plans]
         done = [False for _ in plans]
         self._num_running += 1
         try:
@@ -122,7 +125,7 @@ class FakeEngine:
                     if token == EOS and not params.ignore_eos:
                         out.finish_reason, out.stop_reason = "stop", None
                     else:
-                        out.text = self.tokenizer.decode([token])
+                        out.text = utf8[i].decode(self.tokenizer.token_bytes(token))
                         texts[i] += out.text
                         hit = next((s for s in params.stop if s in texts[i]), None)
                         if hit is not None:

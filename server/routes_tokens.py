@@ -1,0 +1,52 @@
+"""/tokenize and /detokenize (vLLM's shapes): what the server would feed the model, and back.
+
+Behind the API key like every route not named public in server/auth.py.
+"""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from server.errors import bad_request
+from server.protocol_tokens import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from server.routes import Serving
+from server.serving_chat import render_chat, template_messages
+
+router = APIRouter()
+
+
+def _tokenize(serving, body: TokenizeRequest) -> list[int]:
+    tokenizer = serving.tokenizer
+    if body.prompt is not None:
+        add_special = True if body.add_special_tokens is None else body.add_special_tokens
+        return tokenizer.encode(body.prompt, add_special_tokens=add_special)
+    try:
+        chat = body.chat_request()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = ".".join(str(part) for part in error["loc"]) or None
+        raise bad_request(f"Invalid value for '{param}': {error['msg']}.", param=param, code="invalid_value")
+    text = render_chat(tokenizer, template_messages(chat.messages), chat.is_generation_prompt_added,
+                       chat.continue_final_message, chat.chat_template_kwargs)
+    return tokenizer.encode(text, add_special_tokens=bool(body.add_special_tokens))
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, serving: Serving) -> JSONResponse:
+    serving.resolve_model(body.model)
+    tokens = _tokenize(serving, body)
+    strs = [serving.completion.strings(t)[0] for t in tokens] if body.return_token_strs else None
+    return JSONResponse(TokenizeResponse(count=len(tokens), max_model_len=serving.max_model_len, tokens=tokens,
+                                         token_strs=strs).model_dump())
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, serving: Serving) -> JSONResponse:
+    serving.resolve_model(body.model)
+    vocab_size = serving.tokenizer.vocab_size
+    bad = next((t for t in body.tokens if t >= vocab_size), None)
+    if bad is not None:
+        raise bad_request(f"Token id {bad} is out of range (vocabulary size {vocab_size}).", param="tokens",
+                          code="invalid_value")
+    return JSONResponse(DetokenizeResponse(prompt=serving.tokenizer.decode(body.tokens, skip_special_tokens=False)).model_dump())
