@@ -15,6 +15,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 
+from engine.loader.progress import progress
 from engine.models.config import ModelConfig
 
 # Types whose dequantization we have checked (tests/engine/test_loader.py); anything else in a
@@ -259,7 +260,7 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     config = read_config(gguf_file)
     is_permuted = gguf_file.metadata["general.architecture"] in PERMUTED_ARCHITECTURES
     tensors: dict[str, torch.Tensor] = {}
-    for tensor in gguf_file.tensors:
+    for tensor in progress(gguf_file.tensors, len(gguf_file.tensors)):
         if tensor.name in _IGNORED:
             continue
         name = hf_tensor_name(tensor.name)

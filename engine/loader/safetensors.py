@@ -7,6 +7,7 @@ import os
 import torch
 from safetensors.torch import load_file
 
+from engine.loader.progress import progress
 from engine.models.config import ModelConfig
 
 # config.json "architectures" entry → our architecture name.
@@ -86,7 +87,8 @@ def load_hf_folder(folder: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     config = read_hf_config(folder)
     tensors: dict[str, torch.Tensor] = {}
     for path in safetensors_files(folder):
-        for name, tensor in load_file(path).items():
+        file_tensors = load_file(path)
+        for name, tensor in progress(file_tensors.items(), len(file_tensors), f"loading {os.path.basename(path)}"):
             if name.endswith("rotary_emb.inv_freq"):
                 continue  # old checkpoints store the rotary table; the model recomputes it
             tensors[name] = tensor.float() if tensor.is_floating_point() else tensor
