@@ -7,7 +7,10 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from engine import SamplingParams
-from server.protocol import RequestModel, ResponseModel, SamplingRequest, Unsupported, UsageInfo
+from server.protocol import RequestModel, ResponseModel, SamplingRequest, UsageInfo
+from server.protocol_tools import (MAX_TOOLS, ChatTool, GuidedFields, NamedToolChoice, ResponseFormat, ToolCall,
+                                   ToolCallDelta, ToolCallInMessage, ToolChoice)
+from server.tools import ToolSettings
 
 MAX_TOP_LOGPROBS = 20  # the spec's limit
 # Template variables a request may set: switches that common templates read. Everything else a
@@ -30,15 +33,14 @@ class ContentPart(RequestModel):
 
 
 class ChatMessage(RequestModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCallInMessage] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
     @model_validator(mode="after")
     def _has_content(self):
-        if self.tool_calls:
-            raise Unsupported("tool_calls in messages are not supported yet")
         if self.content is None and self.role != "assistant":
             raise ValueError(f"a {self.role} message needs content")
         return self
@@ -49,16 +51,17 @@ class ChatMessage(RequestModel):
         return self.content or ""
 
 
-class ChatCompletionRequest(SamplingRequest):
+class ChatCompletionRequest(SamplingRequest, GuidedFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: Annotated[list[ChatTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
     function_call: Any = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     modalities: list[str] | None = None
     audio: Any = None
     prediction: Any = None
@@ -134,8 +137,29 @@ class ChatCompletionRequest(SamplingRequest):
         params.logprobs = (self.top_logprobs or 0) if self.logprobs else None
         return params
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_needs_its_tool(cls, value, info: ValidationInfo):
+        if value in (None, "none", "auto"):
+            return value
+        names = {t.function.name for t in info.data.get("tools") or []}
+        if not names:
+            raise ValueError(f"tool_choice {value if isinstance(value, str) else 'naming a function'} needs tools")
+        if isinstance(value, NamedToolChoice) and value.function.name not in names:
+            raise ValueError(f"it names {value.function.name!r}, which is not among the tools")
+        return value
+
+    def tool_settings(self) -> ToolSettings:
+        choice, name = "auto", None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            choice, name = "function", self.tool_choice.function.name
+        elif self.tool_choice is not None:
+            choice = self.tool_choice
+        return ToolSettings(tools=[t.model_dump(exclude_none=True, by_alias=True) for t in self.tools or []],
+                            choice=choice, function_name=name, parallel=self.parallel_tool_calls is not False)
+
     def unsupported_fields(self) -> list[str]:
-        bad = [name for name in ("tools", "functions", "audio", "prediction", "web_search_options", "moderation",
+        bad = [name for name in ("functions", "audio", "prediction", "web_search_options", "moderation",
                                  "store", "prompt_cache_options") if getattr(self, name)]
         if self.service_tier not in (None, "auto", "default"):
             bad.append("service_tier")  # one tier here
@@ -145,12 +169,8 @@ class ChatCompletionRequest(SamplingRequest):
             bad.append("reasoning_effort")  # the model does not reason apart from its answer
         if self.prompt_cache_retention == "24h":
             bad.append("prompt_cache_retention")  # the prefix cache lives in memory only
-        if self.tool_choice not in (None, "none", "auto"):
-            bad.append("tool_choice")
         if self.function_call not in (None, "none", "auto"):
             bad.append("function_call")
-        if self.response_format and self.response_format.get("type") != "text":
-            bad.append("response_format")
         if self.modalities and self.modalities != ["text"]:
             bad.append("modalities")
         return bad
@@ -175,15 +195,17 @@ class ChatLogprobs(ResponseModel):
 
 class ResponseMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
+    omit_if_none = frozenset({"tool_calls"})
     content: str | None = None
     refusal: None = None  # required by the spec, always null here
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(ResponseModel):
     index: int
     message: ResponseMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletionResponse(ResponseModel):
@@ -196,16 +218,17 @@ class ChatCompletionResponse(ResponseModel):
 
 
 class DeltaMessage(ResponseModel):
-    omit_if_none = frozenset({"role", "content"})
+    omit_if_none = frozenset({"role", "content", "tool_calls"})
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatStreamChoice(ResponseModel):
     index: int
     delta: DeltaMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletionChunk(ResponseModel):

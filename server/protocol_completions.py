@@ -8,6 +8,7 @@ from pydantic import Field
 
 from engine import SamplingParams
 from server.protocol import MAX_PROMPTS, ResponseModel, SamplingRequest, UsageInfo
+from server.protocol_tools import GuidedFields
 
 MAX_BEST_OF = 20  # OpenAI's own limit
 MAX_COMPLETION_LOGPROBS = 5  # the spec's limit for the legacy endpoint
@@ -19,7 +20,7 @@ PromptField = Union[str,
                               Field(min_length=1, max_length=MAX_PROMPTS)]]
 
 
-class CompletionRequest(SamplingRequest):
+class CompletionRequest(SamplingRequest, GuidedFields):
     prompt: PromptField
     best_of: int | None = Field(None, ge=1, le=MAX_BEST_OF)
     echo: bool | None = False

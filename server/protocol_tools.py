@@ -29,21 +29,17 @@ class JSONSchemaFormat(LooseModel):
     strict: bool | None = False
 
 
-class ResponseFormatText(LooseModel):
-    type: Literal["text"]
+class ResponseFormat(LooseModel):
+    """``text``, ``json_object``, or ``json_schema`` with its ``json_schema``."""
 
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
-class ResponseFormatJSONObject(LooseModel):
-    type: Literal["json_object"]
-
-
-class ResponseFormatJSONSchema(LooseModel):
-    type: Literal["json_schema"]
-    json_schema: JSONSchemaFormat
-
-
-ResponseFormat = Annotated[Union[ResponseFormatText, ResponseFormatJSONObject, ResponseFormatJSONSchema],
-                           Field(discriminator="type")]
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs json_schema")
+        return self
 
 
 class StructuredOutputs(RequestModel):
@@ -124,3 +120,23 @@ class ToolCallDelta(ResponseModel):
     id: str | None = None
     type: Literal["function"] | None = None
     function: FunctionCallDelta | None = None
+
+
+class GuidedFields(RequestModel):
+    """The vLLM structured-output extras, on both endpoints: ``structured_outputs`` (vLLM's
+    current name) and the older ``guided_json`` / ``guided_regex`` / ``guided_choice`` /
+    ``guided_grammar`` that many clients still send."""
+
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    guided_choice: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_CHOICES)] | None = None
+    guided_grammar: Annotated[str, Field(min_length=1, max_length=65536)] | None = None
+
+    @model_validator(mode="after")
+    def _one_guide(self):
+        given = [name for name in ("structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                                   "guided_grammar") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one structured-output constraint, not {' and '.join(given)}")
+        return self

@@ -23,6 +23,7 @@ from server.protocol_completions import CompletionRequest
 from server.serving_chat import ChatServing
 from server.serving_chunks import Chunks
 from server.serving_completions import CompletionServing
+from server.structured import StructuredOutput
 
 logger = logging.getLogger("gptserve.server")
 SSE_PING_SECONDS = 15  # comment lines keep idle streams alive through proxies
@@ -41,6 +42,7 @@ class OpenAIServing:
         self.is_engine_dead = False
         self.completion = CompletionServing(self)
         self.chat = ChatServing(self)
+        self.structured = StructuredOutput.for_engine(engine)  # grammars for structured output and tools
 
     async def is_healthy(self) -> bool:
         """The engine loop answers (a hung or dead loop does not)."""

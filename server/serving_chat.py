@@ -11,6 +11,7 @@ from server import protocol_chat as pc
 from server.errors import bad_request
 from server.serving_chunks import Chunks
 from server.serving_logprobs import TokenStrings, chat_logprobs
+from server.tools import ToolCallStream, ToolSettings, parse_tool_calls, render_messages
 
 if TYPE_CHECKING:
     from server.serving import OpenAIServing
@@ -41,7 +42,17 @@ def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = T
 def template_messages(messages: list[pc.ChatMessage]) -> list[dict]:
     # "developer" is the newer name for "system"; most templates only know the latter
     return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
-             **({"name": m.name} if m.name else {})} for m in messages]
+             **({"name": m.name} if m.name else {}),
+             **({"tool_calls": [c.model_dump() for c in m.tool_calls]} if m.tool_calls else {}),
+             **({"tool_call_id": m.tool_call_id} if m.tool_call_id else {})} for m in messages]
+
+
+def chat_text(tokenizer, request: pc.ChatCompletionRequest) -> str:
+    """The prompt text of a chat request, tools included (server/tools.py)."""
+    knows_tools = "tools" in (getattr(tokenizer, "chat_template", None) or "")
+    messages, tools = render_messages(template_messages(request.messages), request.tool_settings(), knows_tools)
+    kwargs = {**(request.chat_template_kwargs or {}), **({"tools": tools} if tools else {})}
+    return render_chat(tokenizer, messages, request.is_generation_prompt_added, request.continue_final_message, kwargs)
 
 
 class ChatServing:
@@ -51,8 +62,7 @@ class ChatServing:
         self.strings = TokenStrings(self.tokenizer)
 
     def prompt(self, request: pc.ChatCompletionRequest) -> list[int]:
-        text = render_chat(self.tokenizer, template_messages(request.messages), request.is_generation_prompt_added,
-                           request.continue_final_message, request.chat_template_kwargs)
+        text = chat_text(self.tokenizer, request)
         # the template writes the special tokens (BOS, <|im_start|>) itself
         return self.tokenizer.encode(text, add_special_tokens=False)
 
@@ -61,17 +71,34 @@ class ChatServing:
         model_name = serving.resolve_model(model or request.model)
         prompts = [self.prompt(request)]
         params = serving.check_request(request, prompts, "messages")
+        tools = request.tool_settings()
+        params.guide = serving.structured.guide_for(request, tools.grammar() if tools.is_active else None)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        chunks = ChatChunks(request_id, model_name, params.n, request.include_usage, self.strings, params.logprobs)
+        chunks = ChatChunks(request_id, model_name, params.n, request.include_usage, self.strings, params.logprobs,
+                            tools=tools if tools.is_active else None)
         if request.stream:
             return serving.sse(prompts, params, chunks)
         return JSONResponse(await serving.collect(prompts, params, chunks))
 
 
 class ChatChunks(Chunks):
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, tools: ToolSettings | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.logprobs: dict[int, list[pc.ChatTokenLogprob]] = {}
+        self.tools = tools  # parse tool calls out of the text (None: the text is all content)
+        self.tool_streams: dict[int, ToolCallStream] = {}
+
+    def _delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
+        """Text → delta; with tools, the text goes through the choice's tool-call parser."""
+        if self.tools is None:
+            return pc.DeltaMessage(content=text or None)
+        stream = self.tool_streams.setdefault(index, ToolCallStream(self.tools.names))
+        content, calls = stream.finish() if is_finished else stream.feed(text)
+        return pc.DeltaMessage(content=content or None,
+                               tool_calls=[pc.ToolCallDelta.model_validate(c) for c in calls] or None)
+
+    def _finish_reason(self, index: int, reason: str, num_calls: int) -> str:
+        return "tool_calls" if num_calls and reason == "stop" else reason
 
     def _chunk(self, choices: list[pc.ChatStreamChoice], usage=None) -> dict:
         return pc.ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model,
@@ -88,18 +115,33 @@ class ChatChunks(Chunks):
             content = chat_logprobs(self.strings, logprobs, self.num_logprobs)
             self.logprobs.setdefault(index, []).extend(content)
             piece = pc.ChatLogprobs(content=content)
-        return self._chunk([pc.ChatStreamChoice(index=index, delta=pc.DeltaMessage(content=text), logprobs=piece)])
+        delta = pc.DeltaMessage(content=text) if self.tools is None else self._delta(index, text)
+        return self._chunk([pc.ChatStreamChoice(index=index, delta=delta, logprobs=piece)])
 
     def finish_chunk(self, index: int, reason: str) -> dict:
-        return self._chunk([pc.ChatStreamChoice(index=index, delta=pc.DeltaMessage(), finish_reason=reason)])
+        delta = self._delta(index, "", is_finished=True) if self.tools is not None else pc.DeltaMessage()
+        stream = self.tool_streams.get(index)
+        reason = self._finish_reason(index, reason, stream.num_calls if stream else 0)
+        return self._chunk([pc.ChatStreamChoice(index=index, delta=delta, finish_reason=reason)])
+
+    def message(self, index: int) -> tuple[pc.ResponseMessage, str | None]:
+        """A finished choice's message, tool calls parsed out, and its finish_reason."""
+        text, reason = self.texts[index], self.finish_reasons.get(index)
+        if self.tools is None:
+            return pc.ResponseMessage(content=text), reason
+        content, calls = parse_tool_calls(text, self.tools.names)
+        tool_calls = [pc.ToolCall(id=c["id"], function={"name": c["name"], "arguments": c["arguments"]})
+                      for c in calls]
+        return pc.ResponseMessage(content=content, tool_calls=tool_calls or None), self._finish_reason(
+            index, reason, len(calls))
 
     def usage_chunk(self) -> dict:
         return self._chunk([], self.usage())
 
     def full_response(self) -> dict:
         choices = [pc.ChatChoice(
-            index=i, message=pc.ResponseMessage(content=self.texts[i]), finish_reason=self.finish_reasons.get(i),
+            index=i, message=message, finish_reason=reason,
             logprobs=pc.ChatLogprobs(content=self.logprobs.get(i, [])) if self.num_logprobs is not None else None)
-            for i in self.indices()]
+            for i in self.indices() for message, reason in [self.message(i)]]
         return pc.ChatCompletionResponse(id=self.request_id, created=self.created, model=self.model,
                                          choices=choices, usage=self.usage()).model_dump()

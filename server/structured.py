@@ -22,6 +22,7 @@ import torch
 from llguidance._tokenizer import TokenizerWrapper
 
 from engine import Tokenizer
+from server.errors import bad_request
 
 JSON_OPTIONS = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 MAX_CACHED_GRAMMARS = 256
@@ -65,6 +66,36 @@ class GrammarSpec:
     kind: str
     value: Any
     param: str  # the request field it came from, for error messages
+
+
+def request_grammar(request, tool_grammar: GrammarSpec | None = None) -> GrammarSpec | None:
+    """What a request constrains its output to: ``response_format`` (chat), vLLM's
+    ``structured_outputs`` or ``guided_*`` (both endpoints), or a forced tool call's grammar."""
+    specs = []
+    so = getattr(request, "structured_outputs", None)
+    if so is not None:
+        for name, kind in (("json_", "json"), ("regex", "regex"), ("choice", "choice"), ("grammar", "lark")):
+            if getattr(so, name) is not None:
+                specs.append(GrammarSpec(kind, getattr(so, name), "structured_outputs"))
+        if so.json_object:
+            specs.append(GrammarSpec("json", {"type": "object"}, "structured_outputs"))
+    for name, kind in (("guided_json", "json"), ("guided_regex", "regex"), ("guided_choice", "choice"),
+                       ("guided_grammar", "lark")):
+        if getattr(request, name, None) is not None:
+            specs.append(GrammarSpec(kind, getattr(request, name), name))
+    fmt = getattr(request, "response_format", None)
+    if fmt is not None and fmt.type == "json_object":
+        specs.append(GrammarSpec("json", {"type": "object"}, "response_format"))
+    elif fmt is not None and fmt.type == "json_schema":
+        schema = fmt.json_schema.schema_ or {"type": "object"}
+        specs.append(GrammarSpec("json", close_objects(schema) if fmt.json_schema.strict else schema,
+                                 "response_format"))
+    if tool_grammar is not None:
+        specs.append(tool_grammar)
+    if len(specs) > 1:
+        raise GrammarError(f"{specs[0].param} and {specs[1].param} cannot be combined: give one output "
+                           f"constraint", specs[1].param)
+    return specs[0] if specs else None
 
 
 def regex_escape(text: str) -> str:
@@ -113,6 +144,20 @@ class StructuredOutput:
                     TokenizerWrapper(_TokenTable(self.tokenizer, self.vocab_size)),
                     n_vocab=self.vocab_size, eos_token=list(self.tokenizer.eos_token_ids))
             return self._lltokenizer
+
+    @classmethod
+    def for_engine(cls, engine) -> StructuredOutput:
+        """Masks as wide as the model's logits, which may pass the tokenizer's vocabulary."""
+        vocab_size = getattr(getattr(engine, "model_config", None), "vocab_size", None)
+        return cls(engine.tokenizer, vocab_size or engine.tokenizer.vocab_size)
+
+    def guide_for(self, request, tool_grammar: GrammarSpec | None = None) -> LLGuide | None:
+        """The request's guide, or None when its output is free; a 400 naming the field if invalid."""
+        try:
+            spec = request_grammar(request, tool_grammar)
+            return None if spec is None else self.guide(spec)
+        except GrammarError as exc:
+            raise bad_request(f"Invalid {exc.param}: {exc}", param=exc.param) from None
 
     def grammar(self, spec: GrammarSpec) -> str:
         """The llguidance grammar text for ``spec``."""
@@ -171,7 +216,7 @@ class _TokenTable:
                        for i in range(num)]
         self.tokens += [b"\xff<pad>"] * (vocab_size - num)  # rows the model has past the tokenizer
         self.eos_token_id = tokenizer.eos_token_ids[0] if tokenizer.eos_token_ids else None
-        self.bos_token_id = tokenizer.bos_token_id
+        self.bos_token_id = getattr(tokenizer, "bos_token_id", None)
         self._tokenizer = tokenizer
 
     def __call__(self, text: str) -> list[int]:

@@ -1,0 +1,140 @@
+"""Structured-output and tool fields through the app over FakeEngine: 400s, guides, response shapes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.server.conftest import make_client
+from tests.server.fake_engine import FakeEngine
+from tests.server.helpers import check_error, check_stream, parse_sse
+from tests.spec_validator import validate
+
+MSG = [{"role": "user", "content": "Weather in Paris?"}]
+CHAT, COMP = "/v1/chat/completions", "/v1/completions"
+PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": PARAMS}}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine(max_model_len=4096)  # byte tokens: the tools' system prompt is long
+
+
+def chat(**fields) -> dict:
+    return {"model": "gpt-4", "messages": MSG, "max_tokens": 100, **fields}
+
+
+BAD = [  # (path, body, param)
+    (CHAT, chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objectx"}}}),
+     "response_format"),
+    (CHAT, chat(response_format={"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}),
+     "response_format.json_schema.name"),
+    (CHAT, chat(response_format={"type": "json_schema"}), "response_format"),
+    (CHAT, chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": "a string"}}),
+     "response_format.json_schema.schema"),
+    (CHAT, chat(guided_regex="a(b"), "guided_regex"),
+    (COMP, {"model": "gpt-4", "prompt": "x", "guided_regex": "a(b"}, "guided_regex"),
+    (COMP, {"model": "gpt-4", "prompt": "x", "guided_choice": []}, "guided_choice"),
+    (COMP, {"model": "gpt-4", "prompt": "x", "structured_outputs": {"json": "{not json"}}, "structured_outputs"),
+    (COMP, {"model": "gpt-4", "prompt": "x", "structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
+    (COMP, {"model": "gpt-4", "prompt": "x", "structured_outputs": {"grammar": "start: nowhere"}}, "structured_outputs"),
+    (COMP, {"model": "gpt-4", "prompt": "x", "guided_regex": "a", "guided_choice": ["b"]}, None),
+    (CHAT, chat(guided_choice=["a"], response_format={"type": "json_object"}), "response_format"),
+    (CHAT, chat(tools=[{"type": "function", "function": {"name": "bad name!"}}]), "tools[0].function.name"),
+    (CHAT, chat(tools=[{"type": "function", "function": {"name": "f", "parameters": "x"}}]), "tools[0].function.parameters"),
+    (CHAT, chat(tools=[{"type": "code_interpreter"}]), "tools[0].type"),
+    (CHAT, chat(tool_choice="required"), "tool_choice"),
+    (CHAT, chat(tools=[WEATHER], tool_choice="sometimes"), "tool_choice"),
+    (CHAT, chat(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "other"}}), "tool_choice"),
+    (CHAT, chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}],
+                tool_choice="required"), "tools"),
+    (CHAT, chat(tools=[WEATHER], tool_choice="required", response_format={"type": "json_object"}), "tools"),
+    (CHAT, chat(messages=[{"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                                 "function": {"name": "f"}}]}]),
+     "messages[0].tool_calls[0].function.arguments"),
+]
+
+
+@pytest.mark.parametrize("path,body,param", BAD)
+def test_bad_schemas_and_tools_are_400_naming_the_field(client, fake_engine, path, body, param):
+    check_error(client.post(path, json=body), 400, param=param)
+    assert not fake_engine.requests
+
+
+def guide_of(engine: FakeEngine):
+    (_, params), = engine.requests.values()
+    return params.guide
+
+
+@pytest.mark.parametrize("body,is_guided", [
+    (chat(), False),
+    (chat(response_format={"type": "text"}), False),
+    (chat(response_format={"type": "json_object"}), True),
+    (chat(guided_choice=["yes", "no"]), True),
+    (chat(structured_outputs={"regex": "[0-9]+"}), True),
+    (chat(tools=[WEATHER]), False),  # auto: free text, parsed afterwards
+    (chat(tools=[WEATHER], tool_choice="none"), False),
+    (chat(tools=[WEATHER], tool_choice="required"), True),
+    (chat(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}), True),
+])
+def test_the_engine_gets_a_guide_only_when_output_is_constrained(client, fake_engine, body, is_guided):
+    r = client.post(CHAT, json=body)
+    assert r.status_code == 200, r.text
+    assert (guide_of(fake_engine) is not None) == is_guided
+
+
+@pytest.fixture
+def tool_client(monkeypatch):
+    monkeypatch.delenv("GPTSERVE_API_KEY", raising=False)
+    engine = FakeEngine(max_model_len=4096, script="Checking." + CALL)
+    with make_client(engine) as c:
+        yield c, engine
+
+
+def test_tool_calls_in_a_full_response(tool_client):
+    client, _ = tool_client
+    body = client.post(CHAT, json=chat(tools=[WEATHER], temperature=0)).json()
+    validate(body, "CreateChatCompletionResponse")
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == "Checking."
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+
+
+def test_tool_calls_streamed_as_deltas(tool_client):
+    client, _ = tool_client
+    events = parse_sse(client.post(CHAT, json=chat(tools=[WEATHER], temperature=0, stream=True)).text)
+    texts = check_stream(events)  # every chunk validated against the spec
+    assert texts[0] == "Checking."
+    pieces = [tc for e in events[:-1] for c in e["choices"] for tc in c["delta"].get("tool_calls", [])]
+    assert pieces[0]["id"].startswith("call_") and pieces[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert all(set(p) == {"index", "function"} for p in pieces[1:])
+    arguments = "".join(p["function"]["arguments"] for p in pieces)
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_without_tools_the_same_text_is_content(tool_client):
+    client, _ = tool_client
+    body = client.post(CHAT, json=chat(temperature=0)).json()
+    assert body["choices"][0]["message"]["content"] == "Checking." + CALL
+    assert "tool_calls" not in body["choices"][0]["message"] and body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_tool_history_renders_into_the_prompt(tool_client):
+    client, engine = tool_client
+    messages = MSG + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 C"},
+    ]
+    assert client.post(CHAT, json=chat(messages=messages, tools=[WEATHER])).status_code == 200
+    (prompt_ids, _), = engine.requests.values()
+    prompt = engine.tokenizer.decode(prompt_ids)
+    assert "<tools>" in prompt and '"name": "get_weather"' in prompt
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
+    assert "<|im_start|>user\n<tool_response>\n22 C\n</tool_response>" in prompt
