@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from server.settings import Settings
 
 LIST_FLAGS = {"served_model_name", "cors_allowed_origins"}  # --flag A B C
-REPEATED_FLAGS = {"api_key"}  # --flag A --flag B
+REPEATED_FLAGS = {"api_key", "model"}  # --flag A --flag B
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,8 @@ def serve(argv: list[str]) -> int:
         settings = Settings(**vars(args))  # flags override the environment, which overrides defaults
     except ValidationError as exc:
         for error in exc.errors():
-            print(f"gptserve serve: --{str(error['loc'][0]).replace('_', '-')}: {error['msg']}", file=sys.stderr)
+            flag = f"--{str(error['loc'][0]).replace('_', '-')}: " if error["loc"] else ""
+            print(f"gptserve serve: {flag}{error['msg']}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

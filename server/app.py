@@ -14,17 +14,20 @@ from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from engine import AsyncEngine, EngineConfig
+from engine import AsyncEngine, Embedder, EngineConfig
 from server.admission import Admission, AdmissionMiddleware
 from server.auth import APIKeyChecker, APIKeyMiddleware, resolve_route_name
+from server.embeddings import EmbeddingServing
+from server.embeddings import router as embeddings_router
 from server.errors import APIError, install_error_handlers
 from server.limits import BodySizeLimitMiddleware
 from server.logfilter import install_log_sanitizer
 from server.metrics import MetricsMiddleware, ServerMetrics
+from server.registry import CombinedStats, ModelRegistry
 from server.routes import router
 from server.routes_tokens import router as tokens_router
 from server.serving import OpenAIServing
-from server.settings import Settings
+from server.settings import ModelSpec, Settings
 
 logger = logging.getLogger("gptserve.server")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -60,44 +63,67 @@ class ChatPageMount(Mount):
         return super().matches(scope)
 
 
-def build_engine(settings: Settings) -> AsyncEngine:
-    """Blocking: reads the weights and the tokenizer."""
+def build_engine(settings: Settings, spec: ModelSpec | None = None, is_default: bool = True) -> AsyncEngine:
+    """Blocking: reads the weights and the tokenizer. Every model gets the same engine settings
+    (its own KV cache of --kv-cache-memory-gb); --chat-template applies to the default model."""
+    spec = spec or settings.model_specs[0]
     return AsyncEngine.from_config(EngineConfig(
-        model=settings.model, device=settings.device, dtype=settings.dtype,
+        model=spec.path, device=settings.device, dtype=settings.dtype,
         max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
-        kv_cache_memory_gb=settings.kv_cache_memory_gb, chat_template=settings.read_chat_template(),
+        kv_cache_memory_gb=settings.kv_cache_memory_gb,
+        chat_template=settings.read_chat_template() if is_default else None,
         fault_injection_step=settings.fault_injection_step))
 
 
-def describe(engine, settings: Settings, checker: APIKeyChecker) -> str:
+def build_embedder(settings: Settings) -> Embedder:
+    """Blocking: reads the embedding model's weights and tokenizer."""
+    return Embedder(settings.embedding_spec.path, device=settings.device, dtype=settings.dtype)
+
+
+def describe(engine, names: list[str], settings: Settings, checker: APIKeyChecker) -> str:
     inner = getattr(engine, "engine", engine)  # AsyncEngine wraps an LLMEngine that knows these
     kv_tokens = getattr(inner, "num_kv_tokens", None)
     capacity = f"{kv_tokens} tokens" if kv_tokens else f"{engine.stats().get('num_total_blocks')} blocks"
     dtype = str(getattr(inner, "dtype", settings.dtype)).removeprefix("torch.")
     return (f"gptserve ready at http://{settings.host}:{settings.port} — model {engine.model_config.name} "
-            f"served as {', '.join(settings.served_model_names)}; device {getattr(inner, 'device', settings.device)}, "
+            f"served as {', '.join(names)}; device {getattr(inner, 'device', settings.device)}, "
             f"dtype {dtype}, context {engine.max_model_len} tokens, "
             f"KV cache {capacity}; API keys {'on (' + str(len(settings.api_key)) + ')' if checker.is_enabled else 'off'}")
 
 
 def create_app(settings: Settings, engine: AsyncEngine | None = None,
                on_fatal: Callable[[], None] | None = None) -> FastAPI:
-    """``engine``: an engine already built (tests); else it is built in the background at start-up,
-    so /health answers and /ready says 503 while the weights load. ``on_fatal``: called when
-    the engine fails to load or dies, to stop the process (non-zero) for a supervisor to restart."""
+    """``engine``: the default model's engine already built (tests); else every model is built
+    in the background at start-up, one after the other and the default first, so /health
+    answers and /ready says 503 until all have loaded. ``on_fatal``: called when a model fails to
+    load or an engine dies, to stop the process (non-zero) for a supervisor to restart."""
     checker = APIKeyChecker(settings.api_keys)
     install_log_sanitizer()  # request fields in log lines cannot forge lines
     on_fatal = on_fatal or (lambda: None)
 
     async def load_and_start(app: FastAPI) -> None:
+        models: ModelRegistry = app.state.models
         try:
-            engine = app.state.engine or await asyncio.to_thread(build_engine, settings)
-            app.state.engine = engine
-            await engine.start()
-            app.state.serving = OpenAIServing(engine, settings.served_model_names, on_engine_dead=on_fatal,
-                                              metrics=app.state.metrics)
-            logger.info(describe(engine, settings, checker))
+            for i, spec in enumerate(settings.model_specs):
+                engine = (app.state.engine if i == 0 else None) or \
+                    await asyncio.to_thread(build_engine, settings, spec, i == 0)
+                app.state.engines.append(engine)
+                await engine.start()
+                serving = OpenAIServing(engine, spec.names, on_engine_dead=on_fatal, metrics=app.state.metrics)
+                if i == 0:
+                    app.state.engine, app.state.serving = engine, serving
+                else:
+                    models.set_serving(i, serving)
+                logger.info(describe(engine, spec.names, settings, checker))
+            if settings.embedding_spec is not None:
+                embedder = await asyncio.to_thread(build_embedder, settings)
+                app.state.embedder = embedder
+                await embedder.start()
+                models.embeddings = EmbeddingServing(embedder, settings.embedding_spec.names)
+                logger.info("embedding model %s served as %s at /v1/embeddings: %d dimensions, %d tokens at most",
+                            embedder.name, ", ".join(settings.embedding_spec.names), embedder.dimensions,
+                            embedder.max_model_len)
         except Exception:
             logger.exception("the engine failed to start")
             app.state.load_failed = True
@@ -114,21 +140,29 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
         yield
         if loading is not None:
             loading.cancel()
-        if app.state.engine is not None:
-            await app.state.engine.shutdown()
+        for engine in app.state.engines:
+            await engine.shutdown()
+        if app.state.embedder is not None:
+            await app.state.embedder.shutdown()
 
     app = FastAPI(title="gptserve", version="0.1.0", lifespan=lifespan)
-    app.state.engine = engine
-    app.state.serving = None
+    app.state.engine = engine  # the default (first) model's engine
+    app.state.serving = None  # the default model's OpenAIServing; app.state.models has them all
+    app.state.engines = []  # every generation engine started, in --model order
+    app.state.embedder = None
+    app.state.models = ModelRegistry([spec.names for spec in settings.model_specs],
+                                     settings.embedding_spec.names if settings.embedding_spec else None,
+                                     get_default=lambda: app.state.serving)
     app.state.load_failed = False
-    app.state.metrics = ServerMetrics(lambda: app.state.engine)
+    # engine gauges and counters summed over the models
+    app.state.metrics = ServerMetrics(lambda: CombinedStats(app.state.engines) if app.state.engines else None)
     app.state.admission = Admission(settings.max_num_seqs + settings.max_queued_requests,
                                     max_queued_tokens=settings.max_queued_tokens,
                                     request_timeout=settings.request_timeout)
     install_error_handlers(app)
     # flat (not include_router, which nests them in one opaque route): auth resolves each
     # request to the very route object the app's router will dispatch it to
-    app.router.routes.extend(router.routes + tokens_router.routes)
+    app.router.routes.extend(router.routes + tokens_router.routes + embeddings_router.routes)
     if STATIC_DIR.is_dir():  # after the API routes: they win over files of the same name
         app.router.routes.append(ChatPageMount("/", app=ChatPage(directory=STATIC_DIR, html=True), name="static"))
     # the last added runs first: error counting, CORS (answers preflights), auth, admission

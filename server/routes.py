@@ -24,7 +24,12 @@ def get_serving(request: Request) -> OpenAIServing:
     return serving
 
 
-Serving = Annotated[OpenAIServing, Depends(get_serving)]
+Serving = Annotated[OpenAIServing, Depends(get_serving)]  # the default (first) model's
+
+
+def serving_for(request: Request, model: str | None) -> OpenAIServing:
+    """The serving of the model a request names (None: the default); 404 / 400 / 503 otherwise."""
+    return request.app.state.models.generation_serving(model)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -55,8 +60,8 @@ def with_cancellation(handler):
 @router.get("/health", name="health")
 async def health(request: Request) -> JSONResponse:
     """Liveness: the process answers and the engine loop has not died."""
-    serving = request.app.state.serving
-    if serving is not None and not await serving.is_healthy():
+    models = request.app.state.models
+    if not await models.is_healthy():
         return APIError(503, "The inference engine is not responding.").response()
     return JSONResponse({"status": "ok"})
 
@@ -66,8 +71,10 @@ async def ready(request: Request) -> JSONResponse:
     """Readiness: the model is loaded and requests are being accepted (not draining)."""
     if request.app.state.admission.is_draining:
         return APIError(503, "The server is shutting down.", code="server_shutting_down").response()
-    serving = get_serving(request)
-    if not await serving.is_healthy():
+    models = request.app.state.models
+    if not models.is_loaded:
+        raise APIError(503, "The model is still loading; try again shortly.")
+    if not await models.is_healthy():
         return APIError(503, "The inference engine is not responding.").response()
     return JSONResponse({"status": "ok"})
 
@@ -79,37 +86,35 @@ async def metrics(request: Request) -> Response:
 
 
 @router.get("/v1/models")
-async def list_models(serving: Serving) -> JSONResponse:
-    return JSONResponse(serving.list_models().model_dump())
+async def list_models(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.models.list_models().model_dump())
 
 
 @router.get("/v1/models/{model_id:path}")
-async def retrieve_model(model_id: str, serving: Serving) -> JSONResponse:
-    return JSONResponse(serving.model_card(model_id).model_dump())
+async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.models.model_card(model_id).model_dump())
 
 
 @router.post("/v1/completions")
 @with_cancellation
-async def create_completion(body: CompletionRequest, serving: Serving, raw_request: Request):
-    return await serving.create_completion(body)
+async def create_completion(body: CompletionRequest, raw_request: Request):
+    return await serving_for(raw_request, body.model).create_completion(body)
 
 
 @router.post("/v1/chat/completions")
 @with_cancellation
-async def create_chat_completion(body: ChatCompletionRequest, serving: Serving, raw_request: Request):
-    return await serving.create_chat_completion(body)
+async def create_chat_completion(body: ChatCompletionRequest, raw_request: Request):
+    return await serving_for(raw_request, body.model).create_chat_completion(body)
 
 
 # openai<1.0 (`openai.Completion.create(engine=...)`) puts the model name in the path
 @router.post("/v1/engines/{engine_name}/completions")
 @with_cancellation
-async def create_engine_completion(engine_name: str, body: CompletionRequest, serving: Serving,
-                                   raw_request: Request):
-    return await serving.create_completion(body, model=engine_name)
+async def create_engine_completion(engine_name: str, body: CompletionRequest, raw_request: Request):
+    return await serving_for(raw_request, engine_name).create_completion(body, model=engine_name)
 
 
 @router.post("/v1/engines/{engine_name}/chat/completions")
 @with_cancellation
-async def create_engine_chat_completion(engine_name: str, body: ChatCompletionRequest, serving: Serving,
-                                        raw_request: Request):
-    return await serving.create_chat_completion(body, model=engine_name)
+async def create_engine_chat_completion(engine_name: str, body: ChatCompletionRequest, raw_request: Request):
+    return await serving_for(raw_request, engine_name).create_chat_completion(body, model=engine_name)

@@ -5,10 +5,12 @@ comma-separated string in the environment (``GPTSERVE_API_KEY=key1,key2``).
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -20,15 +22,49 @@ def _split_commas(value: object) -> object:
     return value
 
 
+@dataclass
+class ModelSpec:
+    """One ``--model`` value: ``PATH`` or ``NAME=PATH``. ``path`` None is the built-in model."""
+
+    names: list[str]
+    path: str | None
+    is_named: bool = False
+
+
+def parse_model_spec(value: str) -> ModelSpec:
+    """``NAME=PATH`` when the text before the first "=" is non-empty and has no "/"; else all of
+    it is a path (so ``./a=b.gguf`` is the file ``a=b.gguf``)."""
+    name, sep, path = value.partition("=")
+    if sep and name.strip() and "/" not in name and os.sep not in name:
+        if not path:
+            raise ValueError(f"{value!r}: NAME=PATH needs a path after '='")
+        return ModelSpec([name.strip()], path, is_named=True)
+    return ModelSpec([], value)
+
+
+def default_model_name(path: str | None) -> str:
+    if path is None:
+        return DEFAULT_MODEL_NAME
+    path_ = Path(path.rstrip("/"))
+    # a folder like "Qwen2.5-0.5B" keeps its whole name; a file loses its extension
+    return path_.stem if path_.is_file() else path_.name
+
+
 class Settings(BaseSettings):
     """Everything `gptserve serve` can be told. Each field is flag ``--x-y`` and env ``GPTSERVE_X_Y``."""
 
     model_config = SettingsConfigDict(env_prefix="GPTSERVE_", extra="ignore")
 
     # what to serve
-    model: str | None = Field(None, description="a .gguf file or a Hugging Face folder; default: built-in SmolLM2-135M-Instruct")
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="PATH or NAME=PATH: a .gguf file or a Hugging Face folder; repeat to serve several models "
+                    "(default: built-in SmolLM2-135M-Instruct)")
     served_model_name: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="names the model answers to; the first is listed first (default: the file or folder name)")
+        default_factory=list,
+        description="names the first model answers to; the first is listed first (default: the file or folder name)")
+    embedding_model: str | None = Field(
+        None, description="PATH or NAME=PATH: a BERT sentence-embedding folder served at /v1/embeddings")
     chat_template: str | None = Field(None, description="a Jinja2 chat template file that replaces the model's own")
     # engine
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -58,10 +94,15 @@ class Settings(BaseSettings):
         None, ge=0, description="tests only: the engine's forward pass at this step raises", json_schema_extra={"hidden": True})
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info", description="log verbosity")
 
-    @field_validator("served_model_name", "api_key", "cors_allowed_origins", mode="before")
+    @field_validator("model", "served_model_name", "api_key", "cors_allowed_origins", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _none_is_default(cls, value: object) -> object:
+        return [] if value is None else value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -72,16 +113,44 @@ class Settings(BaseSettings):
     def api_keys(self) -> list[str]:
         return [key.get_secret_value() for key in self.api_key]
 
+    @model_validator(mode="after")
+    def _check_names(self) -> Settings:
+        specs = [*self.model_specs, *([self.embedding_spec] if self.embedding_spec else [])]
+        seen: dict[str, str] = {}
+        for spec in specs:
+            for name in spec.names:
+                if name in seen:
+                    raise ValueError(f"two models are named {name!r} ({seen[name]} and {spec.path}); "
+                                     f"name them with NAME=PATH")
+                seen[name] = spec.path or "the built-in model"
+        return self
+
+    @property
+    def model_specs(self) -> list[ModelSpec]:
+        """The generation models, in order; the first is the default (a request without ``model``)."""
+        specs = [parse_model_spec(value) for value in self.model] or [ModelSpec([], None)]
+        first = specs[0]
+        if self.served_model_name:
+            if first.is_named:
+                raise ValueError(f"--served-model-name and a NAME= in --model {self.model[0]} both name the first model; "
+                                 f"use one of them")
+            first.names = list(dict.fromkeys(self.served_model_name))  # de-duplicated, order kept
+        for spec in specs:
+            spec.names = spec.names or [default_model_name(spec.path)]
+        return specs
+
+    @property
+    def embedding_spec(self) -> ModelSpec | None:
+        if self.embedding_model is None:
+            return None
+        spec = parse_model_spec(self.embedding_model)
+        spec.names = spec.names or [default_model_name(spec.path)]
+        return spec
+
     @property
     def served_model_names(self) -> list[str]:
-        """The names this server answers to; the first is the canonical one."""
-        if self.served_model_name:
-            return list(dict.fromkeys(self.served_model_name))  # de-duplicated, order kept
-        if self.model is None:
-            return [DEFAULT_MODEL_NAME]
-        path = Path(self.model.rstrip("/"))
-        # a folder like "Qwen2.5-0.5B" keeps its whole name; a file loses its extension
-        return [path.stem if path.is_file() else path.name]
+        """The names the first (default) model answers to; the first is the canonical one."""
+        return self.model_specs[0].names
 
     def read_chat_template(self) -> str | None:
         return Path(self.chat_template).read_text(encoding="utf-8") if self.chat_template else None

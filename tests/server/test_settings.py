@@ -1,6 +1,8 @@
 """Settings: flags over environment over defaults; comma-separated lists in the environment."""
 from __future__ import annotations
 
+import pytest
+
 from server.__main__ import serve_parser
 from server.settings import Settings
 
@@ -36,3 +38,42 @@ def test_limit_flags(monkeypatch):
     assert settings.fault_injection_step == 7
     assert Settings().metrics_public is False and Settings().max_queued_requests == 256
     assert "fault-injection" not in serve_parser().format_help()  # a test hook, not a feature
+
+
+def test_several_models(monkeypatch, tmp_path):
+    for var in ("GPTSERVE_MODEL", "GPTSERVE_SERVED_MODEL_NAME", "GPTSERVE_EMBEDDING_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "a.gguf").write_bytes(b"")
+    (tmp_path / "b-folder").mkdir()
+    args = serve_parser().parse_args(["--model", str(tmp_path / "a.gguf"), "--model", f"bee={tmp_path / 'b-folder'}",
+                                      "--model", str(tmp_path / "b-folder"),
+                                      "--embedding-model", f"minilm={tmp_path / 'b-folder'}"])
+    settings = Settings(**vars(args))
+    assert [(s.names, s.path) for s in settings.model_specs] == [
+        (["a"], str(tmp_path / "a.gguf")), (["bee"], str(tmp_path / "b-folder")), (["b-folder"], str(tmp_path / "b-folder"))]
+    assert settings.served_model_names == ["a"]  # the default model's
+    assert (settings.embedding_spec.names, settings.embedding_spec.path) == (["minilm"], str(tmp_path / "b-folder"))
+    # --served-model-name names the first model; a path with "=" in its first part needs "./"
+    settings = Settings(model=["./x=y.gguf", "other=/m/o.gguf"], served_model_name=["gpt-4", "x"])
+    assert [(s.names, s.path) for s in settings.model_specs] == [(["gpt-4", "x"], "./x=y.gguf"), (["other"], "/m/o.gguf")]
+    monkeypatch.setenv("GPTSERVE_MODEL", "one=/m/1.gguf,two=/m/2.gguf")  # comma-separated, like every list
+    assert [s.names for s in Settings().model_specs] == [["one"], ["two"]]
+    assert Settings(model="/m/1.gguf").model_specs[0].path == "/m/1.gguf"  # a plain string still works
+
+
+def test_model_name_conflicts(monkeypatch, capsys):
+    from pydantic import ValidationError
+
+    from server.__main__ import serve
+
+    monkeypatch.delenv("GPTSERVE_MODEL", raising=False)
+    with pytest.raises(ValidationError, match="two models are named 'x'"):
+        Settings(model=["x=/m/1.gguf", "x=/m/2.gguf"])
+    with pytest.raises(ValidationError, match="two models are named 'e'"):
+        Settings(model=["e=/m/1.gguf"], embedding_model="e=/m/minilm")
+    with pytest.raises(ValidationError, match="both name the first model"):
+        Settings(model=["x=/m/1.gguf"], served_model_name=["y"])
+    with pytest.raises(ValidationError, match="needs a path"):
+        Settings(model=["x="])
+    assert serve(["--model", "x=/m/1.gguf", "--model", "x=/m/2.gguf"]) == 2  # a clear message, not a traceback
+    assert "two models are named 'x'" in capsys.readouterr().err
