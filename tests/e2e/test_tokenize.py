@@ -1,0 +1,59 @@
+"""/tokenize, /detokenize and /v1/models/{id} on the real server and tokenizer."""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.server.helpers import check_error
+from tests.spec_validator import validate
+
+PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_tokenize_prompt_matches_completion_usage(http, openai_client):
+    body = http.post("/tokenize", json={"model": "davinci-codex", "prompt": "Hello, world! héllo",
+                                        "return_token_strs": True}).json()
+    assert body["count"] == len(body["tokens"]) == len(body["token_strs"]) and body["max_model_len"] == 2048
+    assert "".join(body["token_strs"]) == "Hello, world! héllo"
+    usage = openai_client.completions.create(model="gpt-4", prompt="Hello, world! héllo", max_tokens=1).usage
+    assert usage.prompt_tokens == body["count"]
+
+
+def test_tokenize_messages_matches_chat_usage(http, openai_client):
+    body = http.post("/tokenize", json={"model": "gpt-4", "messages": PARIS}).json()
+    text = http.post("/detokenize", json={"model": "gpt-4", "tokens": body["tokens"]}).json()["prompt"]
+    assert text.startswith("<|im_start|>") and text.endswith("<|im_start|>assistant\n")  # the ChatML template
+    usage = openai_client.chat.completions.create(model="gpt-4", messages=PARIS, max_tokens=1).usage
+    assert usage.prompt_tokens == body["count"]
+
+
+def test_detokenize_round_trip(http):
+    text = "The naïve café — 東京 🙂"
+    tokens = http.post("/tokenize", json={"prompt": text}).json()["tokens"]
+    assert http.post("/detokenize", json={"tokens": tokens}).json() == {"prompt": text}
+
+
+@pytest.mark.parametrize("path,body,status,param", [
+    ("/tokenize", {"prompt": "x", "messages": PARIS}, 400, None),
+    ("/tokenize", {"model": "nope", "prompt": "x"}, 404, "model"),
+    ("/detokenize", {"tokens": [49152]}, 400, "tokens"),
+    ("/detokenize", {"tokens": [-1]}, 400, "tokens[0]"),
+])
+def test_tokenize_errors(http, path, body, status, param):
+    check_error(http.post(path, json=body), status, param=param)
+
+
+def test_tokenize_needs_the_key(server_url):
+    for path, body in [("/tokenize", {"prompt": "x"}), ("/detokenize", {"tokens": [1]})]:
+        check_error(httpx.post(server_url + path, json=body), 401)
+        check_error(httpx.post(server_url + path, json=body, headers={"Authorization": "Bearer wrong"}), 401)
+
+
+def test_retrieve_model(openai_client, http):
+    model = openai_client.models.retrieve("davinci-codex")
+    assert model.id == "davinci-codex" and model.object == "model"
+    validate(http.get("/v1/models/gpt-4").json(), "Model")
+    with pytest.raises(openai.NotFoundError) as exc:
+        openai_client.models.retrieve("no-such-model")
+    assert exc.value.body["code"] == "model_not_found"
