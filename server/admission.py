@@ -147,6 +147,10 @@ class AdmissionMiddleware:
             await response(scope, receive, send)
             return
         ticket = admission.admit(num_estimated_tokens)
+        if logger.isEnabledFor(logging.DEBUG):  # request fields: escaped by server.logfilter
+            logger.debug("%s %s admitted: %d in flight, ~%d prompt tokens queued (user-agent %s)",
+                         scope["method"], scope["path"], admission.num_in_flight, admission.num_queued_tokens,
+                         dict(scope["headers"]).get(b"user-agent", b"").decode("latin-1"))
         reset = current_ticket.set(ticket)
         try:
             await self.app(scope, receive, send)
