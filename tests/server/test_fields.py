@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import openai
 import pytest
 
+from tests.server.conftest import make_client
 from tests.server.fake_engine import ALTERNATIVES, EOS, OFFSET, fake_logprob
 from tests.server.helpers import check_error, check_stream, parse_sse
 from tests.spec_validator import validate
@@ -259,3 +261,23 @@ def test_tokenize_needs_the_key(auth_client):
         check_error(auth_client.post(path, json=body), 401)
         r = auth_client.post(path, json=body, headers={"Authorization": "Bearer key-two"})
         assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("path", [CHAT, COMP])
+def test_error_after_the_200_is_raised_by_the_openai_client(fake_engine, path):
+    fake_engine.fail_with, fake_engine.fail_after = RuntimeError("boom in a forward pass"), 3
+    with make_client(fake_engine) as test_client:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=test_client, max_retries=0)
+        if path == CHAT:
+            stream = client.chat.completions.create(model="gpt-4", messages=PARIS, stream=True, temperature=0)
+        else:
+            stream = client.completions.create(model="gpt-4", prompt="x", stream=True, temperature=0)
+        received = []
+        with pytest.raises(openai.APIError) as exc:
+            for chunk in stream:
+                received.append(chunk)
+        assert received  # the stream had started (HTTP 200) before the failure
+        assert "error while generating" in str(exc.value) and "boom" not in str(exc.value)
+        raw = test_client.post(path, json={"model": "gpt-4", "prompt": "x", "messages": PARIS, "stream": True})
+        events = parse_sse(raw.text)
+        assert events[-1] == "[DONE]" and events[-2]["error"]["type"] == "server_error"
