@@ -4,13 +4,13 @@ Behind the API key like every route not named public in server/auth.py.
 """
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from server.errors import bad_request
 from server.protocol_tokens import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from server.routes import Serving
+from server.routes import serving_for
 from server.serving_chat import render_chat, template_messages
 
 router = APIRouter()
@@ -33,8 +33,8 @@ def _tokenize(serving, body: TokenizeRequest) -> list[int]:
 
 
 @router.post("/tokenize")
-async def tokenize(body: TokenizeRequest, serving: Serving) -> JSONResponse:
-    serving.resolve_model(body.model)
+async def tokenize(body: TokenizeRequest, raw_request: Request) -> JSONResponse:
+    serving = serving_for(raw_request, body.model)  # the model the body names (several may be served)
     tokens = _tokenize(serving, body)
     strs = [serving.completion.strings(t)[0] for t in tokens] if body.return_token_strs else None
     return JSONResponse(TokenizeResponse(count=len(tokens), max_model_len=serving.max_model_len, tokens=tokens,
@@ -42,8 +42,8 @@ async def tokenize(body: TokenizeRequest, serving: Serving) -> JSONResponse:
 
 
 @router.post("/detokenize")
-async def detokenize(body: DetokenizeRequest, serving: Serving) -> JSONResponse:
-    serving.resolve_model(body.model)
+async def detokenize(body: DetokenizeRequest, raw_request: Request) -> JSONResponse:
+    serving = serving_for(raw_request, body.model)
     vocab_size = serving.tokenizer.vocab_size
     bad = next((t for t in body.tokens if t >= vocab_size), None)
     if bad is not None:
