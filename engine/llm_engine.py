@@ -256,7 +256,7 @@ class LLMEngine:
             del self._requests[request_id]
         first = state.seqs[0]
         prompt_logprobs = None
-        if first.prompt_logprobs is not None and first.num_computed_tokens >= first.num_prompt_tokens:
+        if first.prompt_logprobs is not None and len(first.prompt_logprobs) >= first.num_prompt_tokens - 1:
             prompt_logprobs = [None] + [first.prompt_logprobs[q] for q in range(first.num_prompt_tokens - 1)]
             first.prompt_logprobs = None  # reported once; a later preemption may use the prefix cache
         return RequestOutput(request_id, outputs, state.num_prompt_tokens, first.num_cached_tokens, is_finished,

@@ -72,3 +72,10 @@ def test_prompt_logprobs_match_transformers(tiny_llama):
         assert abs(got[q].logprob - float(row[prompt[q]])) < 1e-4
         assert set(got[q].top_logprobs) == set(row.topk(5).indices.tolist())
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    # a request that ends on its first token still reports them (its blocks are freed at once)
+    engine.add_request("short", prompt, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))
+    outs = []
+    while engine.has_unfinished_requests():
+        outs += engine.step()
+    got = [out.prompt_logprobs for out in outs if out.prompt_logprobs is not None]
+    assert len(got) == 1 and abs(got[0][-1].logprob - float(ref[len(prompt) - 2][prompt[-1]])) < 1e-4
