@@ -15,7 +15,6 @@ from tests.ui.live_server import REPO, start_live_server
 EXAMPLES = REPO / "clients" / "examples"
 API_KEY = "examples-key"
 MODEL = "SmolLM2-135M-Instruct"
-IN_PROGRESS = "structured output/tools in progress"
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +69,12 @@ def test_curl(server):
     assert stream.count("data: ") > 3 and stream.rstrip().endswith("data: [DONE]")
 
 
-@pytest.mark.xfail(strict=False, reason=IN_PROGRESS)
 def test_structured_output(server):
     out = run_example(server, sys.executable, str(EXAMPLES / "structured_output.py"))
     first = out.splitlines()[0]
     assert first.startswith("City(") and "name=" in first and "population_millions=" in first, out
 
 
-@pytest.mark.xfail(strict=False, reason=IN_PROGRESS)
 def test_tools(server):
     out = run_example(server, sys.executable, str(EXAMPLES / "tools.py"))
     call = next(line for line in out.splitlines() if line.startswith("tool call: get_weather("))
