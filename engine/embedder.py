@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.async_engine import EngineDeadError
 from engine.models.bert import BertConfig, BertModel, load_bert_weights
 
 logger = logging.getLogger("gptserve.engine")
@@ -199,9 +200,10 @@ class Embedder:
 
     async def embed(self, prompts: list[list[int]]) -> torch.Tensor:
         """(len(prompts), dimensions) float32; computed on the worker thread, batched with
-        whatever other requests are waiting. ValueError for an empty, too long or out-of-range input."""
+        whatever other requests are waiting. ValueError for an empty, too long or out-of-range
+        input; EngineDeadError when the worker thread is not running."""
         if not self.is_running:
-            raise RuntimeError("the embedder is not running")
+            raise EngineDeadError("the embedder is not running") from self.dead_error
         loop = asyncio.get_running_loop()
         job = _Job(prompts, loop.create_future(), loop)
         self._intake.put(job)

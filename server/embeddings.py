@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
-from engine import Embedder
+from engine import Embedder, EngineDeadError
 from server import protocol as p
 from server.errors import APIError, bad_request
 from server.routes import with_cancellation
@@ -78,6 +78,8 @@ class EmbeddingServing:
             vectors = await self.embedder.embed(prompts)  # (N, dimensions) float32, on the worker thread
         except ValueError as exc:  # checked above already; the embedder's own check, to be sure
             raise bad_request(str(exc), param="input") from exc
+        except EngineDeadError as exc:  # its thread has stopped (shutting down, or died)
+            raise APIError(503, "The embedding model is not running.") from exc
         num_tokens = sum(len(ids) for ids in prompts)
         # tens of thousands of floats: render off the event loop
         body = await asyncio.to_thread(render, vectors.numpy(), request.model, request.encoding_format, num_tokens)

@@ -184,3 +184,10 @@ def test_bin_is_never_fully_unpickled(tmp_path):
     with pytest.raises(Exception, match="(?i)weights_only|unsupported global"):
         load_bert_weights(str(tmp_path))
     assert not (tmp_path / "PWNED").exists() and not os.path.exists("PWNED")
+
+
+def test_embed_before_start_is_engine_dead(minilm):
+    from engine import EngineDeadError
+
+    with pytest.raises(EngineDeadError):
+        asyncio.run(minilm.embed([[101, 102]]))
