@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from engine import SamplingParams
 from server.protocol import MAX_PROMPTS, ResponseModel, SamplingRequest, UsageInfo
@@ -22,10 +22,26 @@ PromptField = Union[str,
 
 class CompletionRequest(SamplingRequest, GuidedFields):
     prompt: PromptField
+    # 0 with echo scores a prompt (its logprobs) without generating, as OpenAI allowed
+    max_tokens: int | None = Field(None, ge=0)
     best_of: int | None = Field(None, ge=1, le=MAX_BEST_OF)
-    echo: bool | None = False
+    echo: bool | None = Field(False, validate_default=True)  # checked even when left out: max_tokens 0
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     suffix: str | None = None
+
+    @field_validator("echo")
+    @classmethod
+    def _max_tokens_0_needs_echo(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if info.data.get("max_tokens") == 0 and not value:
+            raise ValueError("max_tokens 0 needs echo (the prompt is all there is to return)")
+        return value
+
+    @property
+    def is_echo_only(self) -> bool:
+        return self.max_tokens == 0
+
+    def requested_max_tokens(self) -> int | None:
+        return 1 if self.is_echo_only else self.max_tokens  # the engine runs one step, then it is dropped
 
     @property
     def num_choices(self) -> int:

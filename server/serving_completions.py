@@ -6,12 +6,13 @@ Beyond plain generation: ``echo`` (the prompt, and its logprobs, before the comp
 """
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import TYPE_CHECKING
 
 from fastapi.responses import JSONResponse
 
-from engine import TokenLogprob
+from engine import RequestOutput, TokenLogprob
 from server import protocol_completions as pc
 from server.errors import bad_request
 from server.serving_chunks import Chunks
@@ -96,7 +97,8 @@ class CompletionServing:
         request_id = f"cmpl-{uuid.uuid4().hex}"
         chunks = CompletionChunks(request_id, model_name, params.n, request.include_usage, self.strings,
                                   request.logprobs, num_choices=request.num_choices, prompts=prompts,
-                                  echo_texts=self.echo_texts(request.prompt, prompts) if request.echo else None)
+                                  echo_texts=self.echo_texts(request.prompt, prompts) if request.echo else None,
+                                  is_echo_only=request.is_echo_only)
         if request.stream:
             return serving.sse(prompts, params, chunks)
         return JSONResponse(await serving.collect(prompts, params, chunks))
@@ -104,8 +106,9 @@ class CompletionServing:
 
 class CompletionChunks(Chunks):
     def __init__(self, *args, num_choices: int, prompts: list[list[int]], echo_texts: list[str] | None,
-                 **kwargs) -> None:
+                 is_echo_only: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.is_echo_only = is_echo_only  # max_tokens 0: the one token the engine made is dropped
         self.num_choices = num_choices  # n; self.n is the candidates per prompt (best_of)
         self.prompts = prompts
         self.echo_texts = echo_texts
@@ -125,6 +128,14 @@ class CompletionChunks(Chunks):
         piece = self.builders[index].piece(entries, token_ids)
         self.pieces.setdefault(index, []).append(piece)
         return piece
+
+    def update(self, k: int, out: RequestOutput) -> list[dict]:
+        if self.is_echo_only:
+            out = dataclasses.replace(out, outputs=[dataclasses.replace(
+                choice, text="", token_ids=[], logprobs=None, num_tokens=0, stop_reason=None,
+                finish_reason=None if choice.finish_reason is None else
+                "abort" if choice.finish_reason == "abort" else "length") for choice in out.outputs])
+        return super().update(k, out)
 
     def prompt_started(self, k: int, out) -> list[dict]:
         if self.echo_texts is None:

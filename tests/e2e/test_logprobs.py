@@ -101,3 +101,19 @@ def test_echo_with_prompt_logprobs(openai_client, http):
     # the prompt's logprobs are the model's, not made up: " Paris" after the prompt is likely
     plain = openai_client.completions.create(model="gpt-4", prompt=prompt, logprobs=1, max_tokens=3, temperature=0)
     assert lp.tokens[num_prompt:] == plain.choices[0].logprobs.tokens
+
+
+def test_echo_max_tokens_0_scores_the_prompt(openai_client):
+    """The scoring idiom (lm-eval style): the prompt's logprobs, nothing generated."""
+    prompt = "The capital of France is Paris"
+    raw = openai_client.completions.with_raw_response.create(
+        model="gpt-4", prompt=prompt, echo=True, logprobs=0, max_tokens=0)
+    validate(raw.http_response.json(), "CreateCompletionEchoResponse")
+    body = raw.parse()
+    lp = body.choices[0].logprobs
+    assert body.choices[0].text == prompt == "".join(lp.tokens) and body.usage.completion_tokens == 0
+    likely = openai_client.completions.create(model="gpt-4", prompt=prompt, echo=True, logprobs=0, max_tokens=0)
+    unlikely = openai_client.completions.create(model="gpt-4", prompt="The capital of France is Tokyo", echo=True,
+                                                logprobs=0, max_tokens=0)
+    assert likely.choices[0].logprobs.token_logprobs == pytest.approx(lp.token_logprobs, abs=1e-4)
+    assert lp.token_logprobs[-1] > unlikely.choices[0].logprobs.token_logprobs[-1]  # the model knows its capitals

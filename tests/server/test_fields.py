@@ -281,3 +281,15 @@ def test_error_after_the_200_is_raised_by_the_openai_client(fake_engine, path):
         raw = test_client.post(path, json={"model": "gpt-4", "prompt": "x", "messages": PARIS, "stream": True})
         events = parse_sse(raw.text)
         assert events[-1] == "[DONE]" and events[-2]["error"]["type"] == "server_error"
+
+
+def test_max_tokens_0_with_echo_scores_the_prompt(client, fake_engine):
+    r = client.post(COMP, json={"model": "gpt-4", "prompt": "Hi", "max_tokens": 0, "echo": True, "logprobs": 0})
+    body = validate(r.json(), "CreateCompletionEchoResponse")
+    choice = body["choices"][0]
+    assert choice["text"] == "Hi" and choice["finish_reason"] == "length"
+    assert choice["logprobs"]["tokens"] == ["", "H", "i"]  # the prompt's only; nothing generated is shown
+    assert body["usage"]["completion_tokens"] == 0
+    (_, params), = fake_engine.requests.values()
+    assert params.max_tokens == 1 and params.prompt_logprobs == 0
+    check_error(client.post(COMP, json={"model": "gpt-4", "prompt": "Hi", "max_tokens": 0}), 400, param="echo")
