@@ -108,7 +108,7 @@ def test_page_is_public_but_the_api_needs_the_key(server, page):
 def test_streamed_answer_grows_and_renders_markdown(server, page, tmp_path):
     enter_key(page)
     set_value(page, "#temperature", 0)
-    set_value(page, "#max-tokens", 80)
+    set_value(page, "#max-tokens", 48)
     ask(page, "Write a Python function that adds two numbers.")
     page.wait_for_selector(".message.assistant[data-state=streaming]")
 
