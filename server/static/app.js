@@ -49,6 +49,11 @@ async function loadModels() {
   const select = $("model");
   try {
     const response = await fetch(apiUrl("v1/models"), { headers: headers() });
+    if (response.status === 503) { // the weights are still loading: ask again shortly
+      showError("The server is still loading the model…");
+      setTimeout(loadModels, 2000);
+      return;
+    }
     if (!response.ok) throw new Error(await readError(response));
     const ids = (await response.json()).data.map((m) => m.id);
     select.replaceChildren(...ids.map((id) => new Option(id, id)));

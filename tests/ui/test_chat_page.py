@@ -105,6 +105,29 @@ def test_page_is_public_but_the_api_needs_the_key(server, page):
     assert page.input_value("#api-key") == API_KEY
 
 
+def test_page_waits_while_the_model_loads(server, browser_context):
+    """/v1/models answers 503 while the weights load (here: the first call, intercepted): the
+    page says so and asks again until the list comes."""
+    page = browser_context.new_page()
+    page.add_init_script(f"localStorage.setItem('gptserve.settings', JSON.stringify({{apiKey: '{API_KEY}'}}))")
+    calls = []
+
+    def models(route):
+        calls.append(route.request.url)
+        if len(calls) == 1:
+            route.fulfill(status=503, content_type="application/json",
+                          body='{"error": {"message": "The models are still loading.", "type": "server_error"}}')
+        else:
+            route.continue_()
+
+    page.route("**/v1/models", models)
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelector('#error').textContent.includes('loading')")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    assert page.is_hidden("#error") and len(calls) >= 2
+    page.close()
+
+
 def test_streamed_answer_grows_and_renders_markdown(server, page, tmp_path):
     enter_key(page)
     set_value(page, "#temperature", 0)
