@@ -88,6 +88,13 @@ class ChatChunks(Chunks):
         self.tools = tools  # parse tool calls out of the text (None: the text is all content)
         self.tool_streams: dict[int, ToolCallStream] = {}
 
+    def update(self, k: int, out) -> list[dict]:
+        chunks = super().update(k, out)
+        if self.tools is None:
+            return chunks
+        # text held back by the tool-call parser (a call's "<tool_call>\n{" …) makes no chunk
+        return [c for c in chunks if any(ch["delta"] or ch["logprobs"] or ch["finish_reason"] for ch in c["choices"])]
+
     def _delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
         """Text → delta; with tools, the text goes through the choice's tool-call parser."""
         if self.tools is None:
