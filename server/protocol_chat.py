@@ -8,8 +8,9 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from engine import SamplingParams
 from server.protocol import RequestModel, ResponseModel, SamplingRequest, UsageInfo
-from server.protocol_tools import (MAX_TOOLS, ChatTool, GuidedFields, NamedToolChoice, ResponseFormat, ToolCall,
-                                   ToolCallDelta, ToolCallInMessage, ToolChoice)
+from server.protocol_tools import (MAX_TOOLS, ChatTool, FunctionCall, FunctionCallDelta, FunctionCallInMessage,
+                                   FunctionDefinition, GuidedFields, NamedFunction, NamedToolChoice, ResponseFormat,
+                                   ToolCall, ToolCallDelta, ToolCallInMessage, ToolChoice)
 from server.tools import ToolSettings
 
 MAX_TOP_LOGPROBS = 20  # the spec's limit
@@ -33,11 +34,12 @@ class ContentPart(RequestModel):
 
 
 class ChatMessage(RequestModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCallInMessage] | None = None  # an assistant's earlier calls
     tool_call_id: str | None = None  # a tool message: the call it answers
+    function_call: FunctionCallInMessage | None = None  # the deprecated single-call form of tool_calls
 
     @model_validator(mode="after")
     def _has_content(self):
@@ -59,8 +61,8 @@ class ChatCompletionRequest(SamplingRequest, GuidedFields):
     tools: Annotated[list[ChatTool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    functions: list[Any] | None = None
-    function_call: Any = None
+    functions: Annotated[list[FunctionDefinition], Field(max_length=MAX_TOOLS)] | None = None  # deprecated tools
+    function_call: Literal["none", "auto"] | NamedFunction | None = None  # deprecated tool_choice
     response_format: ResponseFormat | None = None
     modalities: list[str] | None = None
     audio: Any = None
@@ -149,7 +151,27 @@ class ChatCompletionRequest(SamplingRequest, GuidedFields):
             raise ValueError(f"it names {value.function.name!r}, which is not among the tools")
         return value
 
+    @field_validator("function_call")
+    @classmethod
+    def _function_call_needs_its_function(cls, value, info: ValidationInfo):
+        names = {f.name for f in info.data.get("functions") or []}
+        if isinstance(value, NamedFunction) and value.name not in names:
+            raise ValueError(f"it names {value.name!r}, which is not among the functions")
+        return value
+
+    @model_validator(mode="after")
+    def _tools_or_functions(self):
+        if self.tools and self.functions:
+            raise ValueError("give tools or the deprecated functions, not both")
+        return self
+
     def tool_settings(self) -> ToolSettings:
+        if self.functions:  # the deprecated form: one call, answered as message.function_call
+            named = self.function_call.name if isinstance(self.function_call, NamedFunction) else None
+            return ToolSettings(tools=[{"type": "function", "function": f.model_dump(exclude_none=True)}
+                                       for f in self.functions],
+                                choice="function" if named else (self.function_call or "auto"),
+                                function_name=named, parallel=False, legacy_functions=True)
         choice, name = "auto", None
         if isinstance(self.tool_choice, NamedToolChoice):
             choice, name = "function", self.tool_choice.function.name
@@ -159,7 +181,7 @@ class ChatCompletionRequest(SamplingRequest, GuidedFields):
                             choice=choice, function_name=name, parallel=self.parallel_tool_calls is not False)
 
     def unsupported_fields(self) -> list[str]:
-        bad = [name for name in ("functions", "audio", "prediction", "web_search_options", "moderation",
+        bad = [name for name in ("audio", "prediction", "web_search_options", "moderation",
                                  "store", "prompt_cache_options") if getattr(self, name)]
         if self.service_tier not in (None, "auto", "default"):
             bad.append("service_tier")  # one tier here
@@ -169,8 +191,6 @@ class ChatCompletionRequest(SamplingRequest, GuidedFields):
             bad.append("reasoning_effort")  # the model does not reason apart from its answer
         if self.prompt_cache_retention == "24h":
             bad.append("prompt_cache_retention")  # the prefix cache lives in memory only
-        if self.function_call not in (None, "none", "auto"):
-            bad.append("function_call")
         if self.modalities and self.modalities != ["text"]:
             bad.append("modalities")
         return bad
@@ -195,17 +215,18 @@ class ChatLogprobs(ResponseModel):
 
 class ResponseMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
-    omit_if_none = frozenset({"tool_calls"})
+    omit_if_none = frozenset({"tool_calls", "function_call"})
     content: str | None = None
     refusal: None = None  # required by the spec, always null here
     tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None  # requests that used the deprecated `functions`
 
 
 class ChatChoice(ResponseModel):
     index: int
     message: ResponseMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "function_call"] | None = None
 
 
 class ChatCompletionResponse(ResponseModel):
@@ -218,17 +239,18 @@ class ChatCompletionResponse(ResponseModel):
 
 
 class DeltaMessage(ResponseModel):
-    omit_if_none = frozenset({"role", "content", "tool_calls"})
+    omit_if_none = frozenset({"role", "content", "tool_calls", "function_call"})
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    function_call: FunctionCallDelta | None = None
 
 
 class ChatStreamChoice(ResponseModel):
     index: int
     delta: DeltaMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "function_call"] | None = None
 
 
 class ChatCompletionChunk(ResponseModel):

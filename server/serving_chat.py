@@ -41,9 +41,13 @@ def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = T
 
 def template_messages(messages: list[pc.ChatMessage]) -> list[dict]:
     # "developer" is the newer name for "system"; most templates only know the latter
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
+    # "function" messages and function_call are the deprecated forms of "tool" and tool_calls
+    roles = {"developer": "system", "function": "tool"}
+    return [{"role": roles.get(m.role, m.role), "content": m.text(),
              **({"name": m.name} if m.name else {}),
              **({"tool_calls": [c.model_dump() for c in m.tool_calls]} if m.tool_calls else {}),
+             **({"tool_calls": [{"id": "call_0", "type": "function", "function": m.function_call.model_dump()}]}
+                if m.function_call and not m.tool_calls else {}),
              **({"tool_call_id": m.tool_call_id} if m.tool_call_id else {})} for m in messages]
 
 
@@ -101,11 +105,18 @@ class ChatChunks(Chunks):
             return pc.DeltaMessage(content=text or None)
         stream = self.tool_streams.setdefault(index, ToolCallStream(self.tools.names))
         content, calls = stream.finish() if is_finished else stream.feed(text)
+        if self.tools.legacy_functions:  # one call, as delta.function_call pieces
+            pieces = [c["function"] for c in calls if c["index"] == 0]
+            function_call = pc.FunctionCallDelta(name=next((p["name"] for p in pieces if "name" in p), None),
+                                                 arguments="".join(p["arguments"] for p in pieces)) if pieces else None
+            return pc.DeltaMessage(content=content or None, function_call=function_call)
         return pc.DeltaMessage(content=content or None,
                                tool_calls=[pc.ToolCallDelta.model_validate(c) for c in calls] or None)
 
     def _finish_reason(self, index: int, reason: str, num_calls: int) -> str:
-        return "tool_calls" if num_calls and reason == "stop" else reason
+        if not num_calls or reason != "stop":
+            return reason
+        return "function_call" if self.tools.legacy_functions else "tool_calls"
 
     def _chunk(self, choices: list[pc.ChatStreamChoice], usage=None) -> dict:
         return pc.ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model,
@@ -137,10 +148,13 @@ class ChatChunks(Chunks):
         if self.tools is None:
             return pc.ResponseMessage(content=text), reason
         content, calls = parse_tool_calls(text, self.tools.names)
+        reason = self._finish_reason(index, reason, len(calls))
+        if self.tools.legacy_functions:
+            function_call = pc.FunctionCall(name=calls[0]["name"], arguments=calls[0]["arguments"]) if calls else None
+            return pc.ResponseMessage(content=content, function_call=function_call), reason
         tool_calls = [pc.ToolCall(id=c["id"], function={"name": c["name"], "arguments": c["arguments"]})
                       for c in calls]
-        return pc.ResponseMessage(content=content, tool_calls=tool_calls or None), self._finish_reason(
-            index, reason, len(calls))
+        return pc.ResponseMessage(content=content, tool_calls=tool_calls or None), reason
 
     def usage_chunk(self) -> dict:
         return self._chunk([], self.usage())

@@ -62,6 +62,7 @@ class ToolSettings:
     choice: str = "auto"  # "none", "auto", "required" or "function"
     function_name: str | None = None  # the named function when choice == "function"
     parallel: bool = True
+    legacy_functions: bool = False  # came as `functions` / `function_call`: answer with message.function_call
 
     @property
     def is_active(self) -> bool:

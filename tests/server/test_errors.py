@@ -15,7 +15,7 @@ CASES = [  # (path, body, status, param, code)
     (CHAT, {"model": "gpt-4"}, 400, "messages", "missing_required_parameter"),
     (CHAT, {"model": "gpt-4", "messages": []}, 400, "messages", None),
     (CHAT, {"model": "gpt-4", "messages": "hi"}, 400, "messages", None),
-    (CHAT, {"model": "gpt-4", "messages": [{"role": "function", "content": "x"}]}, 400, "messages[0].role", None),
+    (CHAT, {"model": "gpt-4", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role", None),
     (CHAT, {"model": "gpt-4", "messages": [{"role": "user"}]}, 400, "messages[0]", None),
     (CHAT, {"model": "gpt-4", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      400, "messages[0].content[0]", None),

@@ -51,6 +51,9 @@ BAD = [  # (path, body, param)
     (CHAT, chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}],
                 tool_choice="required"), "tools"),
     (CHAT, chat(tools=[WEATHER], tool_choice="required", response_format={"type": "json_object"}), "tools"),
+    (CHAT, chat(functions=[WEATHER["function"]], function_call={"name": "other"}), "function_call"),
+    (CHAT, chat(functions=[WEATHER["function"]], tools=[WEATHER]), None),
+    (CHAT, chat(functions=[{"name": "f", "parameters": []}]), "functions[0].parameters"),
     (CHAT, chat(messages=[{"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
                                                                  "function": {"name": "f"}}]}]),
      "messages[0].tool_calls[0].function.arguments"),
@@ -138,3 +141,34 @@ def test_tool_history_renders_into_the_prompt(tool_client):
     assert "<tools>" in prompt and '"name": "get_weather"' in prompt
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
     assert "<|im_start|>user\n<tool_response>\n22 C\n</tool_response>" in prompt
+
+
+def test_deprecated_functions_answer_with_function_call(tool_client):
+    client, engine = tool_client
+    body = client.post(CHAT, json=chat(functions=[WEATHER["function"]], function_call={"name": "get_weather"},
+                                       temperature=0)).json()
+    validate(body, "CreateChatCompletionResponse")
+    message, reason = body["choices"][0]["message"], body["choices"][0]["finish_reason"]
+    assert reason == "function_call" and "tool_calls" not in message
+    assert message["function_call"]["name"] == "get_weather"
+    assert json.loads(message["function_call"]["arguments"]) == {"city": "Paris"}
+    (_, params), = engine.requests.values()
+    assert params.guide is not None  # the named function is forced like a named tool
+    events = parse_sse(client.post(CHAT, json=chat(functions=[WEATHER["function"]], temperature=0, stream=True)).text)
+    check_stream(events)
+    pieces = [c["delta"]["function_call"] for e in events[:-1] for c in e["choices"] if "function_call" in c["delta"]]
+    assert pieces[0]["name"] == "get_weather" and all("name" not in p for p in pieces[1:])
+    assert json.loads("".join(p.get("arguments", "") for p in pieces)) == {"city": "Paris"}
+    assert events[-2]["choices"][0]["finish_reason"] == "function_call"
+
+
+def test_deprecated_function_messages_render_like_tool_messages(tool_client):
+    client, engine = tool_client
+    messages = MSG + [{"role": "assistant", "content": None,
+                       "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+                      {"role": "function", "name": "get_weather", "content": "22 C"}]
+    assert client.post(CHAT, json=chat(messages=messages, functions=[WEATHER["function"]])).status_code == 200
+    (prompt_ids, _), = engine.requests.values()
+    prompt = engine.tokenizer.decode(prompt_ids)
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
+    assert "<tool_response>\n22 C\n</tool_response>" in prompt
