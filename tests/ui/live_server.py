@@ -1,49 +1,21 @@
-"""A real `gptserve serve` process on the built-in model, for tests that drive it from outside
-(the browser test, the client examples). Started once per module; killed at the end."""
+"""A real `gptserve serve` process on the built-in model (tests/server_process.py starts it), for
+the tests that drive it from outside: the browser test and the client examples."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.e2e.conftest import free_port
+from tests.server_process import REPO, start_server, stop_server
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["REPO", "LiveServer", "start_live_server"]
 
 
 class LiveServer:
-    """``url``, ``api_key``, ``log``; ``metrics()`` reads /metrics as {sample name: value}."""
+    """``url``, ``api_key``, ``proc``; ``metrics()`` reads /metrics as {sample: value}."""
 
-    def __init__(self, log: Path, api_key: str, served_names: list[str], *flags: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api_key = api_key
-        self.log = log
-        env = {**os.environ, "GPTSERVE_API_KEY": api_key, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--served-model-name", *served_names, "--max-model-len", "2048",
-               "--kv-cache-memory-gb", "0.25", "--max-num-seqs", "8", *flags]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"gptserve exited with {self.proc.returncode}:\n{self.log_text()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gptserve not ready in time:\n{self.log_text()}")
-            time.sleep(0.3)
+    def __init__(self, url: str, proc, api_key: str) -> None:
+        self.url, self.proc, self.api_key = url, proc, api_key
 
     def metrics(self) -> dict[str, float]:
         text = httpx.get(f"{self.url}/metrics", headers={"Authorization": f"Bearer {self.api_key}"},
@@ -55,24 +27,13 @@ class LiveServer:
                 samples[name] = float(value)
         return samples
 
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_server(self.proc)
 
 
 def start_live_server(log: Path, api_key: str, served_names: list[str], *flags: str) -> LiveServer:
-    server = LiveServer(log, api_key, served_names, *flags)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    """Ready to serve ``served_names`` (all the built-in model), the key set through the environment."""
+    args = ["--served-model-name", *served_names, "--max-model-len", "2048", "--kv-cache-memory-gb", "0.25",
+            "--max-num-seqs", "8", *flags]
+    url, proc, _ = start_server(args, {"GPTSERVE_API_KEY": api_key}, log_path=log)
+    return LiveServer(url, proc, api_key)
