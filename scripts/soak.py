@@ -145,6 +145,12 @@ async def wait_idle(client: httpx.AsyncClient, baseline: dict[str, float], timeo
         await asyncio.sleep(0.5)
 
 
+def redact(argv: list[str]) -> list[str]:
+    """The command line without the API key's value."""
+    return [("***" if prev == "--api-key" else arg.split("=", 1)[0] + "=***" if arg.startswith("--api-key=") else arg)
+            for prev, arg in zip(["", *argv], argv)]
+
+
 async def soak(args: argparse.Namespace, pid: int) -> dict:
     rng = random.Random(args.seed)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -219,7 +225,7 @@ async def soak(args: argparse.Namespace, pid: int) -> dict:
     if health != 200:
         failures.append(f"/health {health} after the run")
     return {
-        "command": " ".join([sys.executable, *sys.argv]), "url": args.url, "pid": pid,
+        "command": " ".join([sys.executable, *redact(sys.argv)]), "url": args.url, "pid": pid,
         "requests": args.requests, "warmup": args.warmup, "concurrency": args.concurrency,
         "max_tokens": args.max_tokens, "abort_fraction": args.abort_fraction, "seed": args.seed,
         "run_seconds": round(run_seconds, 1), "outcomes": outcomes, "warmup_outcomes": warmup_outcomes,
