@@ -6,9 +6,17 @@ from __future__ import annotations
 import openai
 import pytest
 
+from tests.e2e.conftest import API_KEY
+from tests.e2e.spec_client import validating_openai_client
 from tests.spec_validator import validate
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def openai_client(server_url):
+    """Every body and chunk the client receives is spec-checked first (tests/e2e/spec_client.py)."""
+    return validating_openai_client(server_url, API_KEY)
 
 
 def chat(client, **kwargs):
@@ -80,6 +88,8 @@ def test_stream_usage_reports_cached_tokens(openai_client):
 
 @pytest.mark.parametrize("field,value", [("store", True), ("service_tier", "flex"), ("reasoning_effort", "high"),
                                          ("verbosity", "low")])
+
+
 def test_fields_we_cannot_honour(openai_client, field, value):
     with pytest.raises(openai.BadRequestError) as exc:
         chat(openai_client, max_tokens=2, **{field: value})

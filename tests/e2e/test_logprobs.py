@@ -6,10 +6,18 @@ import math
 
 import pytest
 
+from tests.e2e.conftest import API_KEY
+from tests.e2e.spec_client import validating_openai_client
 from tests.server.helpers import check_stream, parse_sse
 from tests.spec_validator import validate
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def openai_client(server_url):
+    """Every body and chunk the client receives is spec-checked first (tests/e2e/spec_client.py)."""
+    return validating_openai_client(server_url, API_KEY)
 
 
 def test_chat_logprobs(openai_client):

@@ -1,14 +1,24 @@
 """/tokenize, /detokenize and /v1/models/{id} on the real server and tokenizer."""
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
 
+from tests.e2e.conftest import API_KEY
+from tests.e2e.spec_client import check_response, validating_openai_client
 from tests.server.helpers import check_error
 from tests.spec_validator import validate
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def openai_client(server_url):
+    """Every body and chunk the client receives is spec-checked first (tests/e2e/spec_client.py)."""
+    return validating_openai_client(server_url, API_KEY)
 
 
 def test_tokenize_prompt_matches_completion_usage(http, openai_client):
@@ -40,6 +50,8 @@ def test_detokenize_round_trip(http):
     ("/detokenize", {"tokens": [49152]}, 400, "tokens"),
     ("/detokenize", {"tokens": [-1]}, 400, "tokens[0]"),
 ])
+
+
 def test_tokenize_errors(http, path, body, status, param):
     check_error(http.post(path, json=body), status, param=param)
 
@@ -57,3 +69,22 @@ def test_retrieve_model(openai_client, http):
     with pytest.raises(openai.NotFoundError) as exc:
         openai_client.models.retrieve("no-such-model")
     assert exc.value.body["code"] == "model_not_found"
+
+
+def test_the_validating_client_refuses_off_spec_bodies():
+    off_spec = {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop",
+                             "logprobs": {"content": [{"token": "hi", "logprob": -1}]}}]}
+    with pytest.raises(AssertionError):
+        check_response(httpx.Response(200, json=off_spec))
+    chunk = {"id": "x", "object": "text_completion", "created": 1, "model": "m",
+             "choices": [{"index": 0, "text": "a", "logprobs": None}]}
+    body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    with pytest.raises(AssertionError):  # finish_reason missing
+        check_response(httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}))
+
+
+def test_the_validating_client_checks_every_chunk(openai_client):
+    before = openai_client.num_checked
+    chunks = list(openai_client.chat.completions.create(model="gpt-4", messages=PARIS, max_tokens=3, stream=True))
+    assert openai_client.num_checked - before == len(chunks) >= 3
