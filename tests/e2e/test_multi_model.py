@@ -14,6 +14,7 @@ import pytest
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from tests.engine.test_bert import minilm_path
+from tests.server.helpers import check_stream, parse_sse
 from tests.server_process import running_server
 from tests.spec_validator import validate, validate_error
 from tests.tiny_models import write_tiny_hf_model
@@ -101,6 +102,20 @@ def test_chat_and_streams_route_by_model(client):
         assert streamed == full.choices[0].message.content
         texts[model] = streamed
     assert texts[NAMES_A[0]] != texts[NAME_B]
+
+
+def test_chat_bodies_and_chunks_follow_the_spec(http):
+    for model in (NAMES_A[1], NAME_B):
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                "temperature": 0, "ignore_eos": True}
+        full = http.post("/v1/chat/completions", json=body)
+        assert full.status_code == 200, full.text
+        validate(full.json(), "CreateChatCompletionResponse")
+        stream = http.post("/v1/chat/completions", json={**body, "stream": True})
+        assert stream.status_code == 200, stream.text
+        texts = check_stream(parse_sse(stream.text))  # every chunk validated
+        assert texts[0] == full.json()["choices"][0]["message"]["content"]
+        assert all(chunk["model"] == model for chunk in parse_sse(stream.text)[:-1])
 
 
 def test_models_lists_every_model(client, http):
