@@ -61,7 +61,6 @@ class CompletionRequest(SamplingRequest, GuidedFields):
         return params
 
 
-
 # ----- responses -----
 
 class CompletionLogprobs(ResponseModel):
