@@ -76,7 +76,7 @@ class ChatServing:
         prompts = [self.prompt(request)]
         params = serving.check_request(request, prompts, "messages")
         tools = request.tool_settings()
-        params.guide = serving.structured.guide_for(request, tools.grammar() if tools.is_active else None)
+        params.guide = await serving.structured.aguide_for(request, tools.grammar() if tools.is_active else None)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         chunks = ChatChunks(request_id, model_name, params.n, request.include_usage, self.strings, params.logprobs,
                             tools=tools if tools.is_active else None)
@@ -105,6 +105,8 @@ class ChatChunks(Chunks):
             return pc.DeltaMessage(content=text or None)
         stream = self.tool_streams.setdefault(index, ToolCallStream(self.tools.names))
         content, calls = stream.finish() if is_finished else stream.feed(text)
+        if not self.tools.parallel:  # parallel_tool_calls false: a second call is dropped
+            calls = [c for c in calls if c["index"] == 0]
         if self.tools.legacy_functions:  # one call, as delta.function_call pieces
             pieces = [c["function"] for c in calls if c["index"] == 0]
             function_call = pc.FunctionCallDelta(name=next((p["name"] for p in pieces if "name" in p), None),
@@ -148,6 +150,7 @@ class ChatChunks(Chunks):
         if self.tools is None:
             return pc.ResponseMessage(content=text), reason
         content, calls = parse_tool_calls(text, self.tools.names)
+        calls = calls if self.tools.parallel else calls[:1]
         reason = self._finish_reason(index, reason, len(calls))
         if self.tools.legacy_functions:
             function_call = pc.FunctionCall(name=calls[0]["name"], arguments=calls[0]["arguments"]) if calls else None

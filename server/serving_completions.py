@@ -93,7 +93,7 @@ class CompletionServing:
         else:
             prompts = self.prompts(request.prompt)
         params = serving.check_request(request, prompts, "prompt")
-        params.guide = serving.structured.guide_for(request)
+        params.guide = await serving.structured.aguide_for(request)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         chunks = CompletionChunks(request_id, model_name, params.n, request.include_usage, self.strings,
                                   request.logprobs, num_choices=request.num_choices, prompts=prompts,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import threading
+
+import anyio
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -158,6 +160,16 @@ class StructuredOutput:
             return None if spec is None else self.guide(spec)
         except GrammarError as exc:
             raise bad_request(f"Invalid {exc.param}: {exc}", param=exc.param) from None
+
+    async def aguide_for(self, request, tool_grammar: GrammarSpec | None = None) -> LLGuide | None:
+        """``guide_for`` on a worker thread: the first call builds the vocabulary's tables
+        (a second or so on a loaded CPU) and a large schema compiles for milliseconds."""
+        try:
+            if request_grammar(request, tool_grammar) is None:
+                return None
+        except GrammarError as exc:
+            raise bad_request(f"Invalid {exc.param}: {exc}", param=exc.param) from None
+        return await anyio.to_thread.run_sync(self.guide_for, request, tool_grammar)
 
     def grammar(self, spec: GrammarSpec) -> str:
         """The llguidance grammar text for ``spec``."""

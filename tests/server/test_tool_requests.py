@@ -172,3 +172,19 @@ def test_deprecated_function_messages_render_like_tool_messages(tool_client):
     prompt = engine.tokenizer.decode(prompt_ids)
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
     assert "<tool_response>\n22 C\n</tool_response>" in prompt
+
+
+def test_parallel_tool_calls_false_keeps_one_call(monkeypatch):
+    monkeypatch.delenv("GPTSERVE_API_KEY", raising=False)
+    two = CALL + "\n" + CALL.replace("Paris", "Oslo")
+    with make_client(FakeEngine(max_model_len=4096, script=two)) as client:
+        for parallel, cities in ((True, ["Paris", "Oslo"]), (False, ["Paris"])):
+            body = client.post(CHAT, json=chat(tools=[WEATHER], temperature=0, parallel_tool_calls=parallel,
+                                               max_tokens=300)).json()
+            calls = body["choices"][0]["message"]["tool_calls"]
+            assert [json.loads(c["function"]["arguments"])["city"] for c in calls] == cities
+            events = parse_sse(client.post(CHAT, json=chat(tools=[WEATHER], temperature=0, stream=True, max_tokens=300,
+                                                           parallel_tool_calls=parallel)).text)
+            check_stream(events)
+            indices = {p["index"] for e in events[:-1] for c in e["choices"] for p in c["delta"].get("tool_calls", [])}
+            assert indices == set(range(len(cities)))
