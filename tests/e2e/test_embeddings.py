@@ -214,3 +214,30 @@ def test_embeddings_need_the_key(server_url):
     response = httpx.post(f"{server_url}/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": "x"})
     assert response.status_code == 401
     validate_error(response.json())
+
+
+def test_a_large_request_blocks_neither_the_event_loop_nor_generation(http, client):
+    import threading
+    import time
+
+    texts = [f"Sentence {i}: the quick brown fox jumps over the lazy dog near the river bank." * 3 for i in range(96)]
+    result = {}
+
+    def big():
+        result["response"] = post(http, input=texts, encoding_format="base64")
+        result["finished_at"] = time.monotonic()
+
+    worker = threading.Thread(target=big)
+    worker.start()
+    time.sleep(0.3)  # the request is in: tokenized, queued to the embedder's thread
+    rounds = []
+    while worker.is_alive() and len(rounds) < 3:
+        assert http.get("/health").status_code == 200
+        chat = client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=2, extra_body={"ignore_eos": True})
+        assert chat.usage.completion_tokens == 2
+        rounds.append(time.monotonic())
+    worker.join()
+    assert result["response"].status_code == 200 and len(result["response"].json()["data"]) == len(texts)
+    # three probes and three generations were answered while the embeddings were being computed
+    assert len(rounds) == 3 and rounds[-1] < result["finished_at"], (rounds, result["finished_at"])
