@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     def _none_is_default(cls, value: object) -> object:
         return [] if value is None else value
 
+    @field_validator("embedding_model", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value  # GPTSERVE_EMBEDDING_MODEL=
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:

@@ -59,6 +59,9 @@ def test_several_models(monkeypatch, tmp_path):
     monkeypatch.setenv("GPTSERVE_MODEL", "one=/m/1.gguf,two=/m/2.gguf")  # comma-separated, like every list
     assert [s.names for s in Settings().model_specs] == [["one"], ["two"]]
     assert Settings(model="/m/1.gguf").model_specs[0].path == "/m/1.gguf"  # a plain string still works
+    monkeypatch.setenv("GPTSERVE_MODEL", "")  # as compose files pass an unset variable
+    monkeypatch.setenv("GPTSERVE_EMBEDDING_MODEL", "")
+    assert Settings().served_model_names == ["SmolLM2-135M-Instruct"] and Settings().embedding_spec is None
 
 
 def test_model_name_conflicts(monkeypatch, capsys):
