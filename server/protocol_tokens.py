@@ -23,6 +23,7 @@ class TokenizeRequest(RequestModel):
     add_generation_prompt: bool | None = None
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None  # checked as the chat endpoint checks it
+    tools: list[dict[str, Any]] | None = None  # rendered as the chat endpoint renders them
     return_token_strs: bool = False
 
     @model_validator(mode="after")
@@ -37,6 +38,8 @@ class TokenizeRequest(RequestModel):
                   "chat_template_kwargs": self.chat_template_kwargs}
         if self.add_generation_prompt is not None:
             fields["add_generation_prompt"] = self.add_generation_prompt
+        if self.tools is not None:
+            fields["tools"] = self.tools
         return ChatCompletionRequest.model_validate(fields, strict=False)
 
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from server.errors import bad_request
 from server.protocol_tokens import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.routes import serving_for
-from server.serving_chat import render_chat, template_messages
+from server.serving_chat import chat_text
 
 router = APIRouter()
 
@@ -27,8 +27,7 @@ def _tokenize(serving, body: TokenizeRequest) -> list[int]:
         error = exc.errors()[0]
         param = ".".join(str(part) for part in error["loc"]) or None
         raise bad_request(f"Invalid value for '{param}': {error['msg']}.", param=param, code="invalid_value")
-    text = render_chat(tokenizer, template_messages(chat.messages), chat.is_generation_prompt_added,
-                       chat.continue_final_message, chat.chat_template_kwargs)
+    text = chat_text(tokenizer, chat)  # tools included, exactly as the chat endpoint renders
     return tokenizer.encode(text, add_special_tokens=bool(body.add_special_tokens))
 
 

@@ -188,3 +188,12 @@ def test_parallel_tool_calls_false_keeps_one_call(monkeypatch):
             check_stream(events)
             indices = {p["index"] for e in events[:-1] for c in e["choices"] for p in c["delta"].get("tool_calls", [])}
             assert indices == set(range(len(cities)))
+
+
+def test_tokenize_renders_tools_as_the_chat_endpoint_does(tool_client):
+    client, engine = tool_client
+    assert client.post(CHAT, json=chat(tools=[WEATHER])).status_code == 200
+    (prompt_ids, _), = engine.requests.values()
+    r = client.post("/tokenize", json={"model": "gpt-4", "messages": MSG, "tools": [WEATHER]})
+    assert r.status_code == 200, r.text
+    assert r.json()["tokens"] == prompt_ids
