@@ -125,7 +125,7 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
                             embedder.name, ", ".join(settings.embedding_spec.names), embedder.dimensions,
                             embedder.max_model_len)
         except Exception:
-            logger.exception("the engine failed to start")
+            logger.exception("a model failed to load or start")
             app.state.load_failed = True
             on_fatal()
 
@@ -136,7 +136,8 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
                            settings.host, settings.port)
         if app.state.engine is not None:  # built already: be ready before the first request
             await load_and_start(app)
-        loading = asyncio.create_task(load_and_start(app)) if app.state.serving is None else None
+        is_pending = app.state.serving is None and not app.state.load_failed
+        loading = asyncio.create_task(load_and_start(app)) if is_pending else None
         yield
         if loading is not None:
             loading.cancel()
