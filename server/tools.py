@@ -125,7 +125,7 @@ def render_messages(messages: list[dict], settings: ToolSettings, template_knows
 def _loads_or_keep(text: str) -> Any:
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+    except (ValueError, TypeError):
         return text
 
 
@@ -186,7 +186,7 @@ class ToolCallStream:
         if self.mode == "head":
             m = _HEAD.match(self.buf)
             if m and m.end() < len(self.buf):  # the value's first character has come
-                name = json.loads(f'"{m.group(1)}"')
+                name = _loads_or_keep(f'"{m.group(1)}"')  # a bad escape stays a non-name
                 if self.names is None or name in self.names:
                     self.buf, self.mode = self.buf[m.end():], "args"
                     self._depth, self._in_string, self._escaped = 0, False, False

@@ -124,3 +124,14 @@ def test_tool_choice_none_answers_in_text(openai_client):
     validate(raw.http_response.json(), "CreateChatCompletionResponse")
     message = raw.parse().choices[0].message
     assert message.tool_calls is None and message.content
+
+
+def test_deprecated_functions_and_function_call(openai_client):
+    raw = openai_client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=ASK, functions=[t["function"] for t in TOOLS], function_call={"name": "get_weather"},
+        temperature=0, max_tokens=60)
+    validate(raw.http_response.json(), "CreateChatCompletionResponse")
+    choice = raw.parse().choices[0]
+    assert choice.finish_reason == "function_call" and choice.message.tool_calls is None
+    assert choice.message.function_call.name == "get_weather"
+    check_call("get_weather", choice.message.function_call.arguments)

@@ -68,6 +68,11 @@ def test_other_key_orders_and_unclosed_calls_still_parse():
     assert calls[0]["name"] == "get_time"
 
 
+def test_bad_escapes_in_a_name_do_not_break_the_stream():
+    text = '<tool_call>\n{"name": "get\\x", "arguments": {}}\n</tool_call>'
+    assert stream_in_pieces(text, 0, {"get_weather"}) == (text, [])
+
+
 def test_broken_or_unknown_calls_stay_text():
     broken = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa'
     assert parse_tool_calls(broken) == (broken, [])
