@@ -6,6 +6,9 @@ grammar's start. Each step, the sampler asks the guides of the sampling rows for
 tokens as a packed bitmask (one bit per token id, 32 per int32 word, as xgrammar and llguidance
 both write it), applies all rows at once on the device, and the engine ``accept``s the sampled
 token. A guide that ``is_terminated`` finishes its choice with "stop".
+
+A guide class may also offer ``fill_bitmasks(pairs, bitmask)`` (a classmethod taking
+``[(guide, row), ...]``) to fill many rows in one call, e.g. on the library's thread pool.
 """
 from __future__ import annotations
 
@@ -54,8 +57,16 @@ class GuidedMasker:
             self._bitmask = torch.full((len(rows), self._bitmask.shape[1]), -1, dtype=torch.int32)
         bitmask = self._bitmask[: len(rows)]
         bitmask.fill_(-1)
+        by_class: dict[type, list[tuple[Guide, int]]] = {}
         for k, i in enumerate(rows):
-            guides[i].fill_bitmask(bitmask, k)
+            by_class.setdefault(type(guides[i]), []).append((guides[i], k))
+        for cls, pairs in by_class.items():
+            fill_many = getattr(cls, "fill_bitmasks", None)
+            if fill_many is not None and len(pairs) > 1:
+                fill_many(pairs, bitmask)
+            else:
+                for guide, k in pairs:
+                    guide.fill_bitmask(bitmask, k)
         words = bitmask.to(self.device, non_blocking=True)  # (R, W)
         allowed = ((words.unsqueeze(-1) >> self._shifts) & 1).view(len(rows), -1)  # (R, W * 32)
         allowed = allowed[:, : logits.shape[-1]].bool()

@@ -28,6 +28,7 @@ from server.errors import bad_request
 
 JSON_OPTIONS = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 MAX_CACHED_GRAMMARS = 256
+_executor: llguidance.LLExecutor | None = None  # fills many rows' masks in parallel, made on first use
 _REGEX_META = set("\\.+*?()|[]{}^$#&-~")
 
 
@@ -50,6 +51,15 @@ class LLGuide:
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         words = bitmask[row]
         self.matcher.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * 4)
+
+    @classmethod
+    def fill_bitmasks(cls, pairs: list[tuple[LLGuide, int]], bitmask: torch.Tensor) -> None:
+        """Many rows at once on llguidance's thread pool (``bitmask`` contiguous, int32)."""
+        global _executor
+        if _executor is None:
+            _executor = llguidance.LLExecutor()
+        _executor.unsafe_compute_mask_ptr([(g.matcher, row) for g, row in pairs], bitmask.data_ptr(),
+                                          bitmask.shape[1] * 4, bitmask.shape[0])
 
     def accept(self, token_id: int) -> bool:
         return self.matcher.consume_token(token_id)

@@ -58,6 +58,25 @@ def test_masker_allows_exactly_the_set_bits():
     assert bitmask_words(vocab) == 4
 
 
+class BatchChoiceGuide(ChoiceGuide):
+    calls: list[list[int]] = []
+
+    @classmethod
+    def fill_bitmasks(cls, pairs, bitmask):
+        cls.calls.append([row for _, row in pairs])
+        for guide, row in pairs:
+            guide.fill_bitmask(bitmask, row)
+
+
+def test_a_guide_class_may_fill_many_rows_in_one_call():
+    masker = GuidedMasker(64, torch.device("cpu"))
+    logits = torch.zeros(4, 64)
+    BatchChoiceGuide.calls.clear()
+    masker.apply(logits, [BatchChoiceGuide([[1]]), None, BatchChoiceGuide([[40]]), ChoiceGuide([[63]])])
+    assert BatchChoiceGuide.calls == [[0, 1]]  # the two rows of that class, at their bitmask rows
+    assert [torch.isfinite(row).nonzero().flatten().tolist() for row in logits] == [[1], list(range(64)), [40], [63]]
+
+
 def test_greedy_follows_the_grammar_and_stops_when_it_terminates(engine):
     target = [17, 200, 33, 404, 5]
     params = SamplingParams(temperature=0, max_tokens=20, guide=ChoiceGuide([target]))

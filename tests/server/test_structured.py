@@ -94,3 +94,17 @@ def test_forced_tool_call_grammar(structured):
     extra = {"name": "get_weather", "arguments": {"city": "Paris", "x": 1}}  # arguments are closed objects
     assert not run(structured, structured.guide(ToolSettings(tools=[tool], choice="required").grammar()),
                    f"<tool_call>\n{json.dumps(extra)}")
+
+
+def test_many_rows_filled_at_once_equal_one_by_one(structured):
+    from server.structured import LLGuide
+
+    specs = [GrammarSpec("choice", ["aa", "bb"], "x"), GrammarSpec("regex", "[0-9]+", "x"),
+             GrammarSpec("json", {"type": "object"}, "x")]
+    guides = [structured.guide(s) for s in specs]
+    one_by_one = torch.zeros(3, bitmask_words(VOCAB), dtype=torch.int32)
+    for row, g in enumerate(guides):
+        g.fill_bitmask(one_by_one, row)
+    at_once = torch.zeros_like(one_by_one)
+    LLGuide.fill_bitmasks([(g, row) for row, g in enumerate(guides)], at_once)
+    assert torch.equal(at_once, one_by_one) and len(set(map(tuple, at_once.tolist()))) == 3
