@@ -79,9 +79,10 @@ def test_regex_and_choice_on_both_endpoints(http):
 
 
 def test_openai_client_extra_body_and_a_bad_schema(openai_client, http):
-    completion = openai_client.completions.create(model=MODEL, prompt="Answer yes or no:", max_tokens=5,
-                                                  extra_body={"guided_regex": "(yes|no)"}, temperature=0)
-    assert completion.choices[0].text in ("yes", "no")
+    raw = openai_client.completions.with_raw_response.create(model=MODEL, prompt="Answer yes or no:", max_tokens=5,
+                                                             extra_body={"guided_regex": "(yes|no)"}, temperature=0)
+    validate(raw.http_response.json(), "CreateCompletionResponse")
+    assert raw.parse().choices[0].text in ("yes", "no")
     bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objectx"}}}
     with pytest.raises(openai.BadRequestError) as info:
         openai_client.chat.completions.create(model=MODEL, messages=ask("hi"), response_format=bad)

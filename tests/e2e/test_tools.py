@@ -93,10 +93,11 @@ class GetWeather(BaseModel):
 
 
 def test_parse_with_a_pydantic_tool(openai_client):
-    completion = openai_client.chat.completions.parse(
+    raw = openai_client.chat.completions.with_raw_response.parse(
         model=MODEL, messages=ASK, tools=[openai.pydantic_function_tool(GetWeather)],
         tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=60)
-    (call,) = completion.choices[0].message.tool_calls
+    validate(raw.http_response.json(), "CreateChatCompletionResponse")
+    (call,) = raw.parse().choices[0].message.tool_calls
     assert call.function.name == "GetWeather" and isinstance(call.function.parsed_arguments, GetWeather)
 
 
