@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from engine import Embedder, EngineDeadError
 from server import protocol as p
+from server.admission import current_ticket
 from server.errors import APIError, bad_request
 from server.routes import with_cancellation
 
@@ -74,6 +75,9 @@ class EmbeddingServing:
 
     async def create_embedding(self, request: EmbeddingRequest) -> Response:
         prompts = await self._prompts(request)
+        ticket = current_ticket.get()
+        if ticket is not None:  # admitted: its estimated tokens are not waiting for a generation prefill
+            ticket.dequeue_tokens()
         try:
             vectors = await self.embedder.embed(prompts)  # (N, dimensions) float32, on the worker thread
         except ValueError as exc:  # checked above already; the embedder's own check, to be sure
