@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import threading
-
-import anyio
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import llguidance
 import torch
 from llguidance._tokenizer import TokenizerWrapper
