@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(64, ge=1, description="sequences decoded together at most")
     max_num_batched_tokens: int = Field(1024, ge=1, description="tokens per engine step (prefill chunks + decodes)")
     kv_cache_memory_gb: float = Field(2.0, gt=0, description="memory for the paged KV cache")
+    no_prefix_caching: bool = Field(False, description="turn the prefix cache off: every prompt is computed in full (for A/B benchmarks)")
     # HTTP
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
