@@ -78,11 +78,15 @@ class ToolSettings:
             return None
         functions = [t["function"] for t in self.tools
                      if self.choice == "required" or t["function"]["name"] == self.function_name]
-        calls = [{"type": "object",
-                  "properties": {"name": {"const": f["name"]},
-                                 "arguments": close_objects(f.get("parameters") or {"type": "object"})},
-                  "required": ["name", "arguments"], "additionalProperties": False} for f in functions]
+        calls, defs = [], {}
+        for f in functions:
+            parameters, f_defs = hoist_defs(close_objects(f.get("parameters") or {"type": "object"}), f["name"])
+            defs.update(f_defs)
+            calls.append({"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": parameters},
+                          "required": ["name", "arguments"], "additionalProperties": False})
         schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        if defs:
+            schema = {**schema, "$defs": defs}
         one = f"{lark_string(OPEN + chr(10))} {lark_json(schema)} {lark_string(chr(10) + CLOSE)}"
         many = self.parallel and self.choice == "required"
         lark = f"start: call ({lark_string(chr(10))} call)*\ncall: {one}\n" if many else f"start: {one}\n"
@@ -120,6 +124,35 @@ def render_messages(messages: list[dict], settings: ToolSettings, template_knows
         else:
             out.insert(0, {"role": "system", "content": prompt})
     return out, None
+
+
+def hoist_defs(schema: dict, prefix: str) -> tuple[dict, dict]:
+    """``schema`` without its ``$defs`` / ``definitions``, which come back renamed
+    ``<prefix>.<name>`` with every ``#/$defs/…`` reference rewritten: a function's parameters
+    move under ``arguments``, and their references must still resolve from the new root."""
+    local = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+
+    def rewrite(node):
+        if isinstance(node, list):
+            return [rewrite(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: rewrite(v) for k, v in node.items() if k not in ("$defs", "definitions")}
+        ref = out.get("$ref")
+        if isinstance(ref, str):
+            for root in ("#/$defs/", "#/definitions/"):
+                if ref.startswith(root):
+                    out["$ref"] = f"#/$defs/{prefix}.{ref[len(root):]}"
+            if ref == "#":
+                out["$ref"] = f"#/$defs/{prefix}"  # the parameters themselves (recursive)
+                local.setdefault("", schema)
+        return out
+
+    body = rewrite(schema)
+    defs = {f"{prefix}.{name}": rewrite(d) for name, d in local.items() if name}
+    if "" in local:
+        defs[prefix] = body
+    return body, defs
 
 
 def _loads_or_keep(text: str) -> Any:

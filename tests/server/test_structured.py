@@ -108,3 +108,25 @@ def test_many_rows_filled_at_once_equal_one_by_one(structured):
     at_once = torch.zeros_like(one_by_one)
     LLGuide.fill_bitmasks([(g, row) for row, g in enumerate(guides)], at_once)
     assert torch.equal(at_once, one_by_one) and len(set(map(tuple, at_once.tolist()))) == 3
+
+
+def test_forced_call_with_nested_pydantic_parameters(structured):
+    """Parameters with $defs (pydantic's nested models) still resolve once under "arguments"."""
+    import openai
+    from pydantic import BaseModel
+
+    class Place(BaseModel):
+        city: str
+
+    class Trip(BaseModel):
+        start: Place
+        end: Place
+
+    tool = openai.pydantic_function_tool(Trip)
+    assert "$defs" in tool["function"]["parameters"]
+    guide = structured.guide(ToolSettings(tools=[tool], choice="required", parallel=False).grammar())
+    call = {"name": "Trip", "arguments": {"start": {"city": "Paris"}, "end": {"city": "Oslo"}}}
+    assert run(structured, guide, f"<tool_call>\n{json.dumps(call)}\n</tool_call>")
+    bad = {"name": "Trip", "arguments": {"start": {"town": "Paris"}}}
+    guide = structured.guide(ToolSettings(tools=[tool], choice="required", parallel=False).grammar())
+    assert not run(structured, guide, f"<tool_call>\n{json.dumps(bad)}")
