@@ -88,6 +88,7 @@ class ModelRunner:
             padded = [t + [0] * (width - len(t)) for t in decode_tables]
             meta.decode_block_tables = torch.tensor(padded, dtype=torch.long, device=dev)
             meta.decode_context_lens = torch.tensor(decode_lens, dtype=torch.long, device=dev)
+        meta.finalize(bs, dev)
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         logit_index = torch.tensor([last_index[r] for r in sched.sample_rows], dtype=torch.long, device=dev)
