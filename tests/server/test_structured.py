@@ -130,3 +130,9 @@ def test_forced_call_with_nested_pydantic_parameters(structured):
     bad = {"name": "Trip", "arguments": {"start": {"town": "Paris"}}}
     guide = structured.guide(ToolSettings(tools=[tool], choice="required", parallel=False).grammar())
     assert not run(structured, guide, f"<tool_call>\n{json.dumps(bad)}")
+
+
+def test_lark_grammar(structured):
+    spec = GrammarSpec("lark", 'start: "go " DIR\nDIR: "north" | "south"', "structured_outputs")
+    assert run(structured, structured.guide(spec), "go north")
+    assert not run(structured, structured.guide(spec), "go west")
