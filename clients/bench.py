@@ -12,7 +12,16 @@ with text) and TPOT = (e2e - TTFT) / (output tokens - 1); output tokens come fro
 Per level it reports output tokens/s, requests/s and the p50/p99 of TTFT, ITL, TPOT and e2e
 latency as a table, and as JSON with ``--json-out``.
 
+With ``--multi-turn N`` each simulated user holds an N-turn chat over /v1/chat/completions: every
+turn sends the whole conversation so far (an optional shared system prompt of
+``--system-prompt-words``, each earlier user message and the answer the server streamed back)
+plus a new seeded user message of ``--prompt-words`` words; ``--concurrency`` is the number of
+conversations in flight and ``--num-prompts`` the conversations per level. The table and the JSON
+add TTFT (p50/p99), prompt tokens and cached prompt tokens (``usage.prompt_tokens_details``) per
+turn index, which is what a prefix cache changes.
+
     python -m clients.bench --base-url http://127.0.0.1:8000/v1 --concurrency 1,4 --label gptserve
+    python -m clients.bench --multi-turn 5 --system-prompt-words 200 --concurrency 1 --num-prompts 4
 """
 from __future__ import annotations
 
@@ -57,7 +66,7 @@ class BenchError(Exception):
     """The run cannot start (e.g. the server is unreachable)."""
 
 
-def synthetic_prompt(seed: int, index: int, words: int) -> str:
+def synthetic_prompt(seed: int, index: int | str, words: int) -> str:
     """The ``index``-th prompt of the set for ``seed``: ``words`` space-separated words."""
     rng = random.Random(f"{seed}:{index}")
     body = " ".join(rng.choice(WORDS) for _ in range(words))
@@ -70,6 +79,7 @@ class RequestResult:
     error: str | None = None
     prompt_words: int = 0
     prompt_tokens: int | None = None  # from usage, when the server sends it
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when sent
     output_tokens: int = 0  # from usage, else the number of chunks with text
     chunks: int = 0  # chunks that carried text
     usage_reported: bool = False
@@ -77,6 +87,9 @@ class RequestResult:
     e2e: float | None = None
     itl: list[float] = field(default_factory=list)
     start: float = 0.0  # perf_counter at send, relative to the level's start
+    conversation: int | None = None  # --multi-turn: which conversation, and which turn (from 1)
+    turn: int | None = None
+    text: str = ""  # the streamed text (the next turn sends it back as the assistant message)
 
     @property
     def tpot(self) -> float | None:
@@ -143,7 +156,9 @@ async def one_request(client, url: str, headers: dict, body: dict, chat: bool, t
                 if "error" in chunk and not chunk.get("choices"):
                     res.error = f"error in stream: {json.dumps(chunk['error'])[:300]}"
                     return res
-                if _text_of(chunk, chat):
+                text = _text_of(chunk, chat)
+                if text:
+                    res.text += text
                     if last is None:
                         res.ttft = now - t0
                     else:
@@ -156,6 +171,9 @@ async def one_request(client, url: str, headers: dict, body: dict, chat: bool, t
                     res.output_tokens = int(usage["completion_tokens"])
                     if usage.get("prompt_tokens") is not None:
                         res.prompt_tokens = int(usage["prompt_tokens"])
+                    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+                    if cached is not None:
+                        res.cached_tokens = int(cached)
             res.e2e = time.perf_counter() - t0
             if not done:
                 res.error = "stream ended without [DONE]"
@@ -172,9 +190,11 @@ async def one_request(client, url: str, headers: dict, body: dict, chat: bool, t
     return res
 
 
-def build_body(args, model: str, prompt: str) -> dict:
-    if args.endpoint == "chat":
-        body: dict = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+def build_body(args, model: str, prompt: str | None, messages: list[dict] | None = None) -> dict:
+    if messages is not None:
+        body: dict = {"model": model, "messages": messages}
+    elif args.endpoint == "chat":
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
     else:
         body = {"model": model, "prompt": prompt}
     body.update({
@@ -209,6 +229,8 @@ def summarize(results: list[RequestResult], duration: float, expected_tokens: in
         "duration_s": duration,
         "total_output_tokens": out_tokens,
         "total_input_tokens": in_tokens if all(r.prompt_tokens is not None for r in good) else None,
+        "total_cached_tokens": (sum(r.cached_tokens for r in good)
+                                if good and all(r.cached_tokens is not None for r in good) else None),
         "output_tokens_per_request": sorted({r.output_tokens for r in good}),
         "length_mismatches": sum(1 for r in good if expected_tokens and r.output_tokens != expected_tokens),
         "usage_reported": all(r.usage_reported for r in good) if good else False,
@@ -248,8 +270,87 @@ async def run_level(client, args, model: str, url: str, headers: dict, *, concur
     summary = summarize(list(results), duration, None if args.no_ignore_eos else args.output_tokens)
     summary.update({"concurrency": concurrency, "request_rate": rate})
     if args.save_requests:
-        summary["per_request"] = [
-            {k: v for k, v in asdict(r).items()} | {"tpot": r.tpot} for r in results]
+        summary["per_request"] = _per_request(results)
+    return summary
+
+
+def _per_request(results: list[RequestResult]) -> list[dict]:
+    return [{k: v for k, v in asdict(r).items() if k != "text"} | {"tpot": r.tpot, "output_chars": len(r.text)}
+            for r in results]
+
+
+def _mean(values: list) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize_turns(results: list[RequestResult], turns: int) -> list[dict]:
+    """Per turn index (1..turns): counts, mean prompt/cached tokens, TTFT, TPOT and e2e stats."""
+    out = []
+    for turn in range(1, turns + 1):
+        rs = [r for r in results if r.turn == turn]
+        good = [r for r in rs if r.ok]
+        prompt = [r.prompt_tokens for r in good if r.prompt_tokens is not None]
+        cached = [r.cached_tokens for r in good if r.cached_tokens is not None]
+        out.append({
+            "turn": turn, "requests": len(rs), "completed": len(good), "failed": len(rs) - len(good),
+            "prompt_tokens_mean": _mean(prompt) if len(prompt) == len(good) else None,
+            "cached_tokens_mean": _mean(cached) if len(cached) == len(good) else None,
+            "ttft_ms": _stats_ms([r.ttft for r in good if r.ttft is not None]),
+            "tpot_ms": _stats_ms([r.tpot for r in good if r.tpot is not None]),
+            "e2e_ms": _stats_ms([r.e2e for r in good if r.e2e is not None]),
+        })
+    return out
+
+
+def multi_turn_prompt(seed: int, conversation: int, turn: int, words: int) -> str:
+    """The user message of ``turn`` (from 1) in ``conversation``: seeded, ``words`` words."""
+    return synthetic_prompt(seed, f"chat{conversation}.{turn}", words)
+
+
+def system_prompt(seed: int, words: int) -> str:
+    """The system prompt every conversation of a run shares (``words`` words; seeded)."""
+    return synthetic_prompt(seed, "system", words)
+
+
+async def run_multi_turn_level(client, args, model: str, url: str, headers: dict, *, concurrency: int,
+                               num_conversations: int, first_index: int) -> dict:
+    """``num_conversations`` chats of ``args.multi_turn`` turns, ``concurrency`` of them at a time.
+
+    A conversation's turns go one after the other; each sends the conversation so far (system
+    prompt, earlier user messages and the answers streamed back) plus a new user message. A failed
+    turn ends its conversation: its later turns are counted as failed, never sent.
+    """
+    sem = asyncio.Semaphore(concurrency)
+    t_level = time.perf_counter()
+    system = system_prompt(args.seed, args.system_prompt_words) if args.system_prompt_words else None
+
+    async def conversation(c: int) -> list[RequestResult]:
+        results: list[RequestResult] = []
+        async with sem:
+            messages = [{"role": "system", "content": system}] if system else []
+            for turn in range(1, args.multi_turn + 1):
+                messages.append({"role": "user",
+                                 "content": multi_turn_prompt(args.seed, c, turn, args.prompt_words)})
+                r = await one_request(client, url, headers, build_body(args, model, None, list(messages)),
+                                      True, t_level)
+                r.conversation, r.turn, r.prompt_words = c, turn, args.prompt_words
+                results.append(r)
+                if not r.ok:
+                    for later in range(turn + 1, args.multi_turn + 1):
+                        results.append(RequestResult(error=f"not sent: turn {turn} of the conversation failed",
+                                                     conversation=c, turn=later, prompt_words=args.prompt_words))
+                    break
+                messages.append({"role": "assistant", "content": r.text})
+        return results
+
+    per_conv = await asyncio.gather(*(conversation(first_index + i) for i in range(num_conversations)))
+    duration = time.perf_counter() - t_level
+    results = [r for conv in per_conv for r in conv]
+    summary = summarize(results, duration, None if args.no_ignore_eos else args.output_tokens)
+    summary.update({"concurrency": concurrency, "request_rate": None, "conversations": num_conversations,
+                    "turns": args.multi_turn, "per_turn": summarize_turns(results, args.multi_turn)})
+    if args.save_requests:
+        summary["per_request"] = _per_request(results)
     return summary
 
 
@@ -277,6 +378,24 @@ def format_table(label: str, levels: list[dict]) -> str:
     lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines) + "\n(latencies in ms; tok/req = output tokens per request seen)"
+
+
+def format_turn_table(label: str, levels: list[dict]) -> str:
+    """--multi-turn: one row per (level, turn index)."""
+    head = ["label", "conc", "turn", "ok", "fail", "prompt tok", "cached tok",
+            "TTFT p50", "TTFT p99", "TPOT p50", "e2e p50"]
+    rows = [head]
+    for lv in levels:
+        for t in lv.get("per_turn") or []:
+            rows.append([
+                label, str(lv["concurrency"]), str(t["turn"]), str(t["completed"]), str(t["failed"]),
+                _fmt(t["prompt_tokens_mean"]), _fmt(t["cached_tokens_mean"]),
+                _fmt(t["ttft_ms"]["p50"]), _fmt(t["ttft_ms"]["p99"]), _fmt(t["tpot_ms"]["p50"]),
+                _fmt(t["e2e_ms"]["p50"])])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines) + "\n(per turn of the conversations; prompt/cached tok = means from usage; latencies in ms)"
 
 
 def _int_list(text: str) -> list[int]:
@@ -332,8 +451,15 @@ def parser() -> argparse.ArgumentParser:
                                          or os.environ.get("OPENAI_API_KEY") or None),
                    help="bearer token (default: first of GPTSERVE_API_KEY, else OPENAI_API_KEY)")
     p.add_argument("--model", default=None, help="model name (default: the first id from /v1/models)")
-    p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
-    p.add_argument("--prompt-words", type=int, default=48, help="words per synthetic prompt")
+    p.add_argument("--endpoint", choices=("completions", "chat"), default=None,
+                   help="completions (default) or chat; --multi-turn is always chat")
+    p.add_argument("--prompt-words", type=int, default=48,
+                   help="words per synthetic prompt (with --multi-turn: per user message)")
+    p.add_argument("--multi-turn", type=int, default=None, metavar="N",
+                   help="simulate N-turn chats: each turn resends the conversation so far plus a new user "
+                        "message; --num-prompts counts conversations; reports TTFT per turn")
+    p.add_argument("--system-prompt-words", type=int, default=0,
+                   help="with --multi-turn: a system prompt of this many words, shared by every conversation")
     p.add_argument("--output-tokens", type=int, default=128, help="output tokens per request")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt set and the arrival times")
     p.add_argument("--concurrency", type=_int_list, default=[1, 4, 16, 64],
@@ -376,7 +502,8 @@ async def _amain(args) -> dict:
         "machine": machine_info(),
         "config": {k: getattr(args, k) for k in (
             "prompt_words", "output_tokens", "seed", "concurrency", "request_rate", "max_concurrency",
-            "num_prompts", "warmup_requests", "temperature", "no_ignore_eos", "extra_body", "timeout")},
+            "num_prompts", "warmup_requests", "temperature", "no_ignore_eos", "extra_body", "timeout",
+            "multi_turn", "system_prompt_words")},
         "results": [],
     }
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
@@ -405,10 +532,15 @@ async def _amain(args) -> dict:
             else:
                 conc, rate = int(level), None
                 n = args.num_prompts if args.num_prompts is not None else max(4 * conc, 8)
+            what = f"{n} conversations of {args.multi_turn} turns" if args.multi_turn else f"{n} requests"
             print(f"[{args.label or base}] {'rate ' + str(rate) if rate else 'concurrency ' + str(conc)}: "
-                  f"{n} requests ...", file=sys.stderr, flush=True)
-            summary = await run_level(client, args, model, url, headers, concurrency=conc, rate=rate,
-                                      num_requests=n, first_index=index, rng=rng)
+                  f"{what} ...", file=sys.stderr, flush=True)
+            if args.multi_turn:
+                summary = await run_multi_turn_level(client, args, model, url, headers, concurrency=conc,
+                                                     num_conversations=n, first_index=index)
+            else:
+                summary = await run_level(client, args, model, url, headers, concurrency=conc, rate=rate,
+                                          num_requests=n, first_index=index, rng=rng)
             index += n
             report["results"].append(summary)
             if summary["failed"]:
@@ -421,6 +553,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompt_words < 1 or args.output_tokens < 1:
         print("gptserve bench: --prompt-words and --output-tokens must be positive", file=sys.stderr)
         return 2
+    if args.multi_turn is not None:
+        if args.multi_turn < 1 or args.system_prompt_words < 0:
+            print("gptserve bench: --multi-turn must be positive and --system-prompt-words not negative",
+                  file=sys.stderr)
+            return 2
+        if args.request_rate or args.endpoint == "completions":
+            print("gptserve bench: --multi-turn runs chats at --concurrency levels (not with --request-rate "
+                  "or --endpoint completions)", file=sys.stderr)
+            return 2
+        args.endpoint = "chat"
+    elif args.system_prompt_words:
+        print("gptserve bench: --system-prompt-words needs --multi-turn", file=sys.stderr)
+        return 2
+    args.endpoint = args.endpoint or "completions"
     host = urlparse(args.base_url).hostname
     if not args.allow_remote and not _is_loopback(host):
         print(f"gptserve bench: {host!r} is not a loopback address; pass --allow-remote to load it anyway",
@@ -436,8 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     label = args.label or report.get("model") or "server"
     print(f"model: {report['model']}  endpoint: /v1/{'chat/completions' if args.endpoint == 'chat' else 'completions'}"
           f"  prompt: {args.prompt_words} words  output: {args.output_tokens} tokens"
-          f"{'' if args.no_ignore_eos else ' (ignore_eos)'}")
+          f"{'' if args.no_ignore_eos else ' (ignore_eos)'}"
+          + (f"  chats of {args.multi_turn} turns, system prompt {args.system_prompt_words} words"
+             if args.multi_turn else ""))
     print(format_table(label, report["results"]))
+    if args.multi_turn:
+        print()
+        print(format_turn_table(label, report["results"]))
     mismatched = sum(lv["length_mismatches"] for lv in report["results"])
     if mismatched:
         print(f"warning: {mismatched} request(s) did not produce exactly {args.output_tokens} tokens", file=sys.stderr)
