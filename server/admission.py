@@ -4,7 +4,7 @@ Decided in ASGI middleware on the resolved route, before the body is read, parse
 or tokenized. A request counts from admission until its response has been sent in full
 (a stream until its last event), so the count is what the server still owes clients.
 
-Three caps, each answered with 429, ``Retry-After`` and an OpenAI error of type "overloaded":
+Two caps, each answered with 429, ``Retry-After`` and an OpenAI error of type "overloaded":
 
 - requests in flight: ``max_in_flight`` (running + queued requests);
 - queued prompt tokens: ``max_queued_tokens``, the prompt tokens admitted but not yet
