@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Issue 4, goal 2: does a chat's later turn reuse the prefix cache? gptserve is started twice on
+# the same model, once as it ships (prefix cache on) and once with --no-prefix-caching, each on a
+# free loopback port and stopped before the next starts; the same multi-turn clients/bench.py run
+# goes against each. Writes bench-results/prefix-cache-<stamp>/{cache-on,cache-off}.{json,txt,log},
+# info.txt (machine, commands, load average before/after each run) and summary.txt, whose last
+# line is the turn-N TTFT ratio (cache on / cache off; goal 2 wants it under 0.5 for turn 5).
+#
+#   scripts/bench_prefix_cache.sh                                  # 4 chats x 5 turns, concurrency 1
+#   scripts/bench_prefix_cache.sh --concurrency 1,2 --num-prompts 4 --output-tokens 32
+#
+# Defaults (each can be overridden by passing it): --multi-turn 5 --system-prompt-words 200
+# --prompt-words 48 --output-tokens 32 --concurrency 1 --num-prompts 4. Every argument goes to
+# clients/bench.py for both runs. Env: OUT_DIR, GPTSERVE_ARGS (extra server flags for both),
+# GGUF (model file; default: the built-in SmolLM2-135M-Instruct), ORDER ("on off" or "off on").
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+
+args=("$@")
+for a in "${args[@]-}"; do
+    case "$a" in
+        --base-url* | --label* | --json-out*) echo "bench_prefix_cache.sh sets ${a%%=*} itself" >&2; exit 2 ;;
+        --request-rate* | --endpoint*) echo "bench_prefix_cache.sh runs chats at concurrency levels: no ${a%%=*}" >&2; exit 2 ;;
+    esac
+done
+has() { case " ${args[*]-} " in *" $1"*) return 0 ;; *) return 1 ;; esac; }
+has --multi-turn || args+=(--multi-turn 5)
+has --system-prompt-words || args+=(--system-prompt-words 200)
+has --prompt-words || args+=(--prompt-words 48)
+has --output-tokens || args+=(--output-tokens 32)
+has --concurrency || args+=(--concurrency 1)
+has --num-prompts || args+=(--num-prompts 4)
+
+GPTSERVE_MODEL=()
+if [[ -n "${GGUF:-}" ]]; then GPTSERVE_MODEL=(--model "$GGUF"); fi
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT_DIR="${OUT_DIR:-$ROOT/bench-results/prefix-cache-$STAMP}"
+mkdir -p "$OUT_DIR"
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+PID=""
+stop() {
+    [[ -n "$PID" ]] || return 0
+    kill "$PID" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$PID" 2>/dev/null || true
+    PID=""
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+
+wait_ready() {  # url log
+    for _ in $(seq 600); do
+        if ! kill -0 "$PID" 2>/dev/null; then
+            echo "gptserve exited before it was ready; log:" >&2; tail -n 40 "$2" >&2; return 1
+        fi
+        curl -sf --noproxy '*' "$1" >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    echo "gptserve not ready after 300 s: $1" >&2; tail -n 40 "$2" >&2; return 1
+}
+
+{
+    echo "date: $STAMP"
+    echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+    echo "gptserve commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "bench args: ${args[*]}"
+} > "$OUT_DIR/info.txt"
+
+run() {  # on|off
+    local label="cache-$1" flags=()
+    [[ "$1" == off ]] && flags=(--no-prefix-caching)
+    local port log="$OUT_DIR/$label.log"
+    port=$(free_port)
+    # shellcheck disable=SC2086
+    local cmd=("$PY" -m server serve --host 127.0.0.1 --port "$port" "${GPTSERVE_MODEL[@]}" "${flags[@]}"
+               --log-level warning ${GPTSERVE_ARGS:-})
+    echo "$label server: ${cmd[*]}" | tee -a "$OUT_DIR/info.txt"
+    "${cmd[@]}" >"$log" 2>&1 &
+    PID=$!
+    wait_ready "http://127.0.0.1:$port/ready" "$log"
+    echo "load before $label: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT_DIR/info.txt"
+    "$PY" -m clients.bench --base-url "http://127.0.0.1:$port/v1" --label "$label" \
+        --json-out "$OUT_DIR/$label.json" --save-requests "${args[@]}" | tee "$OUT_DIR/$label.txt"
+    echo "load after $label: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT_DIR/info.txt"
+    stop
+}
+
+for mode in ${ORDER:-on off}; do run "$mode"; done
+
+"$PY" - "$OUT_DIR/cache-on.json" "$OUT_DIR/cache-off.json" <<'EOF' | tee "$OUT_DIR/summary.txt"
+import json, sys
+on, off = (json.load(open(p)) for p in sys.argv[1:3])
+turns = on["config"]["multi_turn"]
+lines = []
+for a, b in zip(on["results"], off["results"]):
+    for t_on, t_off in zip(a["per_turn"], b["per_turn"]):
+        p_on, p_off = t_on["ttft_ms"]["p50"], t_off["ttft_ms"]["p50"]
+        ratio = p_on / p_off if p_on and p_off else None
+        lines.append((a["concurrency"], t_on["turn"], t_on["prompt_tokens_mean"], t_on["cached_tokens_mean"],
+                      t_off["cached_tokens_mean"], p_on, p_off, ratio))
+print("conc turn prompt_tok cached_on cached_off ttft_p50_on_ms ttft_p50_off_ms on/off")
+fmt = lambda v, nd=1: "-" if v is None else f"{v:.{nd}f}"
+for c, t, pt, con, coff, p_on, p_off, r in lines:
+    print(f"{c:>4} {t:>4} {fmt(pt):>10} {fmt(con):>9} {fmt(coff):>10} {fmt(p_on):>14} {fmt(p_off):>15} {fmt(r, 3):>6}")
+for c, t, pt, con, coff, p_on, p_off, r in lines:
+    if t == turns:
+        verdict = "goal 2 met (< 0.5)" if r is not None and r < 0.5 else "goal 2 NOT met"
+        print(f"SUMMARY concurrency {c}: turn {turns} TTFT p50 cache on {fmt(p_on)} ms / cache off {fmt(p_off)} ms "
+              f"= {fmt(r, 3)}  ({verdict})")
+EOF
+echo "results in $OUT_DIR"
