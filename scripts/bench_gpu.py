@@ -151,7 +151,7 @@ def load_hf(model_path: str, dtype: torch.dtype, device: torch.device):
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    return model.to(device).eval()
+    return model.to(device=device, dtype=dtype).eval()  # older transformers call the keyword torch_dtype
 
 
 def run_hf(model, prompts: list[list[int]], output_tokens: int, device: torch.device, pad_id: int,
