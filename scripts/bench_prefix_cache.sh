@@ -3,11 +3,13 @@
 # the same model, once as it ships (prefix cache on) and once with --no-prefix-caching, each on a
 # free loopback port and stopped before the next starts; the same multi-turn clients/bench.py run
 # goes against each. Writes bench-results/prefix-cache-<stamp>/{cache-on,cache-off}.{json,txt,log},
-# info.txt (machine, commands, load average before/after each run) and summary.txt, whose last
-# line is the turn-N TTFT ratio (cache on / cache off; goal 2 wants it under 0.5 for turn 5).
+# info.txt (machine, commands, load average before/after each run), summary.txt, whose last
+# line is the turn-N TTFT ratio (cache on / cache off; goal 2 wants it under 0.5 for turn 5), and
+# ttft_per_turn.png (TTFT p50 per turn, on and off; needs matplotlib).
 #
 #   scripts/bench_prefix_cache.sh                                  # 4 chats x 5 turns, concurrency 1
 #   scripts/bench_prefix_cache.sh --concurrency 1,2 --num-prompts 4 --output-tokens 32
+#   scripts/bench_prefix_cache.sh --summarize DIR                  # summary and plot of an earlier run
 #
 # Defaults (each can be overridden by passing it): --multi-turn 5 --system-prompt-words 200
 # --prompt-words 48 --output-tokens 32 --concurrency 1 --num-prompts 4. Every argument goes to
@@ -18,6 +20,55 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
+
+summarize() {  # dir
+"$PY" - "$1" <<'EOF' | tee "$1/summary.txt"
+import json, os, sys
+out_dir = sys.argv[1]
+on, off = (json.load(open(os.path.join(out_dir, f"cache-{m}.json"))) for m in ("on", "off"))
+turns = on["config"]["multi_turn"]
+lines = []
+for a, b in zip(on["results"], off["results"]):
+    for t_on, t_off in zip(a["per_turn"], b["per_turn"]):
+        p_on, p_off = t_on["ttft_ms"]["p50"], t_off["ttft_ms"]["p50"]
+        ratio = p_on / p_off if p_on and p_off else None
+        lines.append((a["concurrency"], t_on["turn"], t_on["prompt_tokens_mean"], t_on["cached_tokens_mean"],
+                      t_off["cached_tokens_mean"], p_on, p_off, ratio))
+print("conc turn prompt_tok cached_on cached_off ttft_p50_on_ms ttft_p50_off_ms on/off")
+fmt = lambda v, nd=1: "-" if v is None else f"{v:.{nd}f}"
+for c, t, pt, con, coff, p_on, p_off, r in lines:
+    print(f"{c:>4} {t:>4} {fmt(pt):>10} {fmt(con):>9} {fmt(coff):>10} {fmt(p_on):>14} {fmt(p_off):>15} {fmt(r, 3):>6}")
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for conc in sorted({row[0] for row in lines}):
+        rows = [row for row in lines if row[0] == conc]
+        for idx, label, style in ((5, "prefix cache on", "-o"), (6, "prefix cache off", "--s")):
+            ax.plot([row[1] for row in rows], [row[idx] for row in rows], style, label=f"{label}, concurrency {conc}")
+    ax.set_xlabel("turn of the conversation")
+    ax.set_ylabel("TTFT p50 (ms)")
+    ax.set_xticks(range(1, turns + 1))
+    ax.set_ylim(bottom=0)
+    cfg = on["config"]
+    ax.set_title(f"gptserve, {turns}-turn chats: system prompt {cfg['system_prompt_words']} words, "
+                 f"user {cfg['prompt_words']} words, {cfg['output_tokens']} tokens out", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "ttft_per_turn.png"), dpi=110)
+    print(f"plot: {os.path.join(out_dir, 'ttft_per_turn.png')}", file=sys.stderr)
+except ImportError:
+    print("matplotlib not installed: no plot (.venv/bin/pip install matplotlib)", file=sys.stderr)
+for c, t, pt, con, coff, p_on, p_off, r in lines:
+    if t == turns:
+        verdict = "goal 2 met (< 0.5)" if r is not None and r < 0.5 else "goal 2 NOT met"
+        print(f"SUMMARY concurrency {c}: turn {turns} TTFT p50 cache on {fmt(p_on)} ms / cache off {fmt(p_off)} ms "
+              f"= {fmt(r, 3)}  ({verdict})")
+EOF
+}
+
+if [[ "${1-}" == "--summarize" ]]; then summarize "${2:?--summarize DIR}"; exit; fi
 
 args=("$@")
 for a in "${args[@]-}"; do
@@ -92,25 +143,5 @@ run() {  # on|off
 
 for mode in ${ORDER:-on off}; do run "$mode"; done
 
-"$PY" - "$OUT_DIR/cache-on.json" "$OUT_DIR/cache-off.json" <<'EOF' | tee "$OUT_DIR/summary.txt"
-import json, sys
-on, off = (json.load(open(p)) for p in sys.argv[1:3])
-turns = on["config"]["multi_turn"]
-lines = []
-for a, b in zip(on["results"], off["results"]):
-    for t_on, t_off in zip(a["per_turn"], b["per_turn"]):
-        p_on, p_off = t_on["ttft_ms"]["p50"], t_off["ttft_ms"]["p50"]
-        ratio = p_on / p_off if p_on and p_off else None
-        lines.append((a["concurrency"], t_on["turn"], t_on["prompt_tokens_mean"], t_on["cached_tokens_mean"],
-                      t_off["cached_tokens_mean"], p_on, p_off, ratio))
-print("conc turn prompt_tok cached_on cached_off ttft_p50_on_ms ttft_p50_off_ms on/off")
-fmt = lambda v, nd=1: "-" if v is None else f"{v:.{nd}f}"
-for c, t, pt, con, coff, p_on, p_off, r in lines:
-    print(f"{c:>4} {t:>4} {fmt(pt):>10} {fmt(con):>9} {fmt(coff):>10} {fmt(p_on):>14} {fmt(p_off):>15} {fmt(r, 3):>6}")
-for c, t, pt, con, coff, p_on, p_off, r in lines:
-    if t == turns:
-        verdict = "goal 2 met (< 0.5)" if r is not None and r < 0.5 else "goal 2 NOT met"
-        print(f"SUMMARY concurrency {c}: turn {turns} TTFT p50 cache on {fmt(p_on)} ms / cache off {fmt(p_off)} ms "
-              f"= {fmt(r, 3)}  ({verdict})")
-EOF
+summarize "$OUT_DIR"
 echo "results in $OUT_DIR"
