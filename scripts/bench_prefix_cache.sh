@@ -62,7 +62,9 @@ except ImportError:
     print("matplotlib not installed: no plot (.venv/bin/pip install matplotlib)", file=sys.stderr)
 for c, t, pt, con, coff, p_on, p_off, r in lines:
     if t == turns:
-        verdict = "goal 2 met (< 0.5)" if r is not None and r < 0.5 else "goal 2 NOT met"
+        under = r is not None and r < 0.5
+        verdict = ("under 0.5" if under else "NOT under 0.5") + (
+            ": goal 2 met" if under and turns == 5 else ": goal 2 not met" if turns == 5 else "; goal 2 is turn 5 of 5")
         print(f"SUMMARY concurrency {c}: turn {turns} TTFT p50 cache on {fmt(p_on)} ms / cache off {fmt(p_off)} ms "
               f"= {fmt(r, 3)}  ({verdict})")
 EOF
