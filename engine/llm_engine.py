@@ -15,6 +15,8 @@ import torch
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
+from engine.layers.attention import AttentionMetadata
+from engine.layers.quant import CALIBRATION_TEXT, quantize_int8
 from engine.loader import default_model_path, load_checkpoint
 from engine.model_runner import ModelRunner
 from engine.models.llama import LlamaForCausalLM
@@ -56,16 +58,6 @@ class EngineStats:
     num_generation_tokens: int
 
 
-def quantize_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Dynamic int8 linear layers (fbgemm/onednn): weights int8 per output channel,
-    activations quantized on the fly. Faster on CPU; greedy output is no longer identical."""
-    if device.type != "cpu":
-        raise ValueError("quantization 'int8' is for the CPU; on CUDA use bfloat16")
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -99,7 +91,7 @@ class LLMEngine:
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.reset_rotary(self.device)  # float32 tables, computed for real (not meta)
         if config.quantization == "int8":
-            self.model = quantize_int8(self.model, self.device)
+            self.model = quantize_int8(self.model, self.device, self._calibration_forward)
         per_token = ModelRunner.kv_bytes_per_token(model_config, self.dtype)
         num_blocks = config.num_kv_blocks or max(
             1, int(config.kv_cache_memory_gb * 2**30) // (per_token * config.block_size)
@@ -122,6 +114,23 @@ class LLMEngine:
             model_config.name, self.load_seconds, self.device, str(self.dtype).removeprefix("torch."),
             num_blocks, config.block_size, num_blocks * config.block_size,
         )
+
+    @torch.inference_mode()
+    def _calibration_forward(self) -> None:
+        """One prefill of a fixed text through a scratch KV cache, every position's logits too
+        (int8 smoothing records each layer's input range from it)."""
+        ids = self.tokenizer.encode(CALIBRATION_TEXT, add_special_tokens=False)[: self.max_model_len]
+        cfg, bs, n = self.model_config, 16, len(ids)
+        num_blocks = -(-n // bs)
+        cache = torch.zeros(cfg.num_hidden_layers, 2, num_blocks, bs, cfg.num_key_value_heads, cfg.head_dim,
+                            device=self.device, dtype=self.dtype)
+        meta = AttentionMetadata(
+            slot_mapping=torch.arange(n, device=self.device), num_decode_tokens=0, decode_block_tables=None,
+            decode_context_lens=None, decode_max_context_len=0,
+            prefills=[(0, n, n, torch.arange(num_blocks, device=self.device))],
+        ).finalize(bs, self.device)
+        hidden = self.model(torch.tensor(ids, device=self.device), torch.arange(n, device=self.device), cache, meta)
+        self.model.compute_logits(hidden)
 
     def _inject_fault(self) -> None:
         if self.num_steps + 1 == self.config.fault_injection_step:
