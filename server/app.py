@@ -73,6 +73,7 @@ def build_engine(settings: Settings, spec: ModelSpec | None = None, is_default: 
         max_num_batched_tokens=settings.max_num_batched_tokens,
         kv_cache_memory_gb=settings.kv_cache_memory_gb,
         enable_prefix_caching=not settings.no_prefix_caching,
+        quantization=None if settings.quantization == "none" else settings.quantization,
         chat_template=settings.read_chat_template() if is_default else None,
         fault_injection_step=settings.fault_injection_step))
 

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # engine
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = float32 on CPU, bfloat16 on CUDA")
+    quantization: Literal["none", "int8"] = Field(
+        "none", description="none = the weights as loaded (exact); int8 = int8 linear layers on the CPU, "
+        "2-3x the throughput for a measured cost in quality (see BENCHMARKS.md)")
     max_model_len: int | None = Field(None, ge=1, description="context length in tokens (default: the model's)")
     max_num_seqs: int = Field(64, ge=1, description="sequences decoded together at most")
     max_num_batched_tokens: int = Field(1024, ge=1, description="tokens per engine step (prefill chunks + decodes)")

@@ -80,3 +80,17 @@ def test_model_name_conflicts(monkeypatch, capsys):
         Settings(model=["x="])
     assert serve(["--model", "x=/m/1.gguf", "--model", "x=/m/2.gguf"]) == 2  # a clear message, not a traceback
     assert "two models are named 'x'" in capsys.readouterr().err
+
+
+def test_quantization_flag_reaches_the_engine_config(monkeypatch):
+    from server import app as app_module
+
+    seen = {}
+    monkeypatch.setattr(app_module.AsyncEngine, "from_config", staticmethod(lambda config: seen.setdefault("c", config)))
+    app_module.build_engine(Settings(**vars(serve_parser().parse_args(["--quantization", "int8"]))))
+    assert seen["c"].quantization == "int8"
+    seen.clear()
+    app_module.build_engine(Settings())
+    assert seen["c"].quantization is None  # exact weights unless asked
+    with pytest.raises(ValueError):
+        Settings(quantization="int4")
