@@ -71,7 +71,7 @@ class EmbeddingServing:
         return await self.embedder.ping()
 
     def model_card(self, name: str) -> p.ModelCard:
-        return p.ModelCard(id=name, created=self.created, max_model_len=self.embedder.max_model_len)
+        return p.ModelCard(id=name, created=self.created, max_model_len=self.embedder.max_model_len, task="embed")
 
     async def create_embedding(self, request: EmbeddingRequest) -> Response:
         prompts = await self._prompts(request)

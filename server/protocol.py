@@ -165,6 +165,7 @@ class ModelCard(ResponseModel):
     created: int
     owned_by: str = "gptserve"
     max_model_len: int | None = None
+    task: Literal["generate", "embed"] = "generate"  # extension: what the model serves
 
 
 class ModelList(ResponseModel):

@@ -55,7 +55,8 @@ async function loadModels() {
       return;
     }
     if (!response.ok) throw new Error(await readError(response));
-    const ids = (await response.json()).data.map((m) => m.id);
+    // chat models only: an embedding model (task "embed") cannot answer a chat
+    const ids = (await response.json()).data.filter((m) => m.task !== "embed").map((m) => m.id);
     select.replaceChildren(...ids.map((id) => new Option(id, id)));
     if (!ids.includes(settings.model)) settings.model = ids[0] || "";
     select.value = settings.model;

@@ -125,6 +125,7 @@ def test_models_lists_every_model(client, http):
     by_id = {m["id"]: m for m in listed["data"]}
     assert by_id["tiny-a"]["max_model_len"] == 512 and by_id[NAME_B]["max_model_len"] == 256  # one engine each
     assert by_id[EMBEDDING]["max_model_len"] == 256
+    assert by_id[EMBEDDING]["task"] == "embed" and by_id[NAME_B]["task"] == "generate"  # the chat page's picker
     for model_id in (*NAMES_A, NAME_B, EMBEDDING):
         card = http.get(f"/v1/models/{model_id}").json()
         assert validate(card, "Model")["id"] == model_id
