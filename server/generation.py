@@ -38,7 +38,14 @@ class Generation:
             self.ticket.dequeue_tokens()  # the estimate made from the body size
             self.ticket.queue_tokens(sum(self._num_queued_tokens.values()))
         self._queue: asyncio.Queue = asyncio.Queue()
-        self._tasks = [asyncio.create_task(self._pump(k, ids, params)) for k, ids in enumerate(prompts)]
+        if len(prompts) == 1:
+            # one prompt (the usual case): its engine stream is iterated directly, no pump task
+            # and no second queue, so each token wakes one task instead of two
+            self._stream = engine.generate(prompts[0], params, self.request_ids[0])
+            self._tasks = []
+        else:
+            self._stream = None
+            self._tasks = [asyncio.create_task(self._pump(k, ids, params)) for k, ids in enumerate(prompts)]
 
     async def _pump(self, k: int, prompt_ids: list[int], params: SamplingParams) -> None:
         try:
@@ -55,13 +62,37 @@ class Generation:
         try:
             return await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
-            timeout = self.ticket.admission.request_timeout
-            logger.warning("%s: past the request timeout (%g s); aborting it", self.request_id, timeout)
-            await self.close()  # before the error reaches the client: the KV blocks are freed now
-            raise APIError(408, f"The request did not finish within the server's request timeout of "
-                                f"{timeout:g} s; its generation was stopped.", code="request_timeout") from None
+            await self._timed_out()
+
+    async def _next_single(self) -> RequestOutput:
+        """The single prompt's next output (StopAsyncIteration at its end), under the deadline."""
+        deadline = self.ticket.deadline if self.ticket is not None else None
+        if deadline is None:
+            return await self._stream.__anext__()
+        try:
+            return await asyncio.wait_for(self._stream.__anext__(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            await self._timed_out()
+
+    async def _timed_out(self) -> None:
+        """Past the deadline: abort everything, then raise the 408."""
+        timeout = self.ticket.admission.request_timeout
+        logger.warning("%s: past the request timeout (%g s); aborting it", self.request_id, timeout)
+        await self.close()  # before the error reaches the client: the KV blocks are freed now
+        raise APIError(408, f"The request did not finish within the server's request timeout of "
+                            f"{timeout:g} s; its generation was stopped.", code="request_timeout") from None
 
     async def __aiter__(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        if self._stream is not None:
+            while True:
+                try:
+                    out = await self._next_single()
+                except StopAsyncIteration:
+                    return
+                self._dequeue(0)
+                if out.is_finished:
+                    self.unfinished.discard(self.request_ids[0])
+                yield 0, out
         num_running = len(self._tasks)
         while num_running:
             k, out, exc = await self._next()
@@ -85,6 +116,11 @@ class Generation:
         with anyio.CancelScope(shield=True):  # runs even while the caller is being cancelled
             for task in self._tasks:
                 task.cancel()
+            if self._stream is not None:
+                try:
+                    await self._stream.aclose()  # its own finally drops the engine stream
+                except RuntimeError:  # still running elsewhere: the abort below still frees it
+                    pass
             for request_id in list(self.unfinished):
                 try:
                     await self.engine.abort(request_id)

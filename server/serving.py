@@ -129,27 +129,51 @@ class OpenAIServing:
         return chunks.full_response()
 
     def sse(self, prompts: list[list[int]], params: SamplingParams, chunks: Chunks) -> EventSourceResponse:
-        async def events() -> AsyncIterator[dict]:
+        async def events() -> AsyncIterator[bytes]:
             timer = self.metrics.timer()
             # started here, not before: a stream that never starts must leave nothing running
             generation = Generation(self.engine, prompts, params, chunks.request_id)
             try:
-                for chunk in chunks.start():
-                    yield {"data": json.dumps(chunk)}
+                start = chunks.start()
+                if start:
+                    yield sse_event(start)
                 async for k, out in generation:
                     timer.output(k)
-                    for chunk in chunks.update(k, out):
-                        yield {"data": json.dumps(chunk)}
+                    made = chunks.update(k, out)
+                    if made:
+                        yield sse_event(made)
                 timer.finished(chunks.finish_reasons)
-                for chunk in chunks.end():
-                    yield {"data": json.dumps(chunk)}
+                end = chunks.end()
+                if end:
+                    yield sse_event(end)
             except Exception as exc:  # the 200 is sent already: report in-band, as OpenAI does
                 error = self._engine_error(exc)
                 self.metrics.error(error.status_code, error.type)
-                yield {"data": json.dumps(error.body())}
+                yield sse_event([error.body()])
             finally:
                 await generation.close()
-            yield {"data": "[DONE]"}
+            yield SSE_DONE
 
-        return EventSourceResponse(events(), ping=SSE_PING_SECONDS, sep="\n",
-                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return SSEResponse(events(), ping=SSE_PING_SECONDS, sep="\n",
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse_event(chunks: list[dict | str]) -> bytes:
+    """Stream chunks (dicts, or JSON text already) as SSE events, one ``data:`` line each, in one
+    piece of bytes: what sse-starlette's ``{"data": json.dumps(chunk)}`` with sep "\\n" encodes to
+    (JSON text never holds a raw line break)."""
+    return "".join([f"data: {c if c.__class__ is str else json.dumps(c)}\n\n" for c in chunks]).encode()
+
+
+class SSEResponse(EventSourceResponse):
+    """EventSourceResponse (pings, client disconnect, shutdown) without a cancel scope per event
+    when there is no send timeout: the scope cost more than the send itself."""
+
+    async def _send_with_timeout(self, send, message) -> None:
+        if self.send_timeout is None:
+            await send(message)
+        else:
+            await super()._send_with_timeout(send, message)
