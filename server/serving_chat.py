@@ -1,6 +1,7 @@
 """/v1/chat/completions: messages → chat template → engine request → chat.completion bodies."""
 from __future__ import annotations
 
+import json
 import uuid
 from typing import TYPE_CHECKING
 
@@ -129,7 +130,11 @@ class ChatChunks(Chunks):
         return [self._chunk([pc.ChatStreamChoice(index=i, delta=pc.DeltaMessage(role="assistant", content=""))])
                 for i in range(self.n)]
 
-    def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict:
+    def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str:
+        if self.num_logprobs is None and self.tools is None:
+            # the hot path: the JSON text of the chunk built below, written directly
+            return (f'{self.chunk_head("chat.completion.chunk")}{{"index": {index}, "delta": {{"content": '
+                    f'{json.dumps(text)}}}, "logprobs": null, "finish_reason": null}}]}}')
         piece = None
         if self.num_logprobs is not None:
             content = chat_logprobs(self.strings, logprobs, self.num_logprobs)

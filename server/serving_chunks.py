@@ -5,6 +5,7 @@ the shapes; this base keeps the per-choice text, finish reasons, token counts an
 """
 from __future__ import annotations
 
+import json
 import time
 
 from engine import RequestOutput, TokenLogprob
@@ -31,9 +32,21 @@ class Chunks:
         self.num_prompt_tokens: dict[int, int] = {}
         self.num_cached_tokens: dict[int, int] = {}
         self.cumulative_logprobs: dict[int, float] = {}
+        self._head: str | None = None
 
-    def update(self, k: int, out: RequestOutput) -> list[dict]:
-        """Record one engine output of prompt ``k``; return the stream chunks it makes."""
+    def chunk_head(self, object: str) -> str:
+        """A stream chunk's JSON text up to its choices' opening bracket: what ``json.dumps`` of
+        the model_dump of a chunk (id, object, created, model, choices, …) starts with. The
+        per-token chunks are written as text from here, without pydantic (the hot path)."""
+        if self._head is None:
+            whole = json.dumps({"id": self.request_id, "object": object, "created": self.created,
+                                "model": self.model, "choices": []})
+            self._head = whole[: -len("]}")]
+        return self._head
+
+    def update(self, k: int, out: RequestOutput) -> list[dict | str]:
+        """Record one engine output of prompt ``k``; return the stream chunks it makes (dicts,
+        or their JSON text)."""
         chunks = [] if k in self.num_prompt_tokens else self.prompt_started(k, out)
         self.num_prompt_tokens[k] = out.num_prompt_tokens
         self.num_cached_tokens[k] = out.num_cached_tokens
@@ -41,14 +54,20 @@ class Chunks:
             index = k * self.n + choice.index
             if index in self.finish_reasons:
                 continue  # exactly one finish_reason per choice, whatever the engine repeats
-            entries = list(choice.logprobs or [])
-            self.cumulative_logprobs[index] = self.cumulative_logprobs.get(index, 0.0) + sum(e.logprob for e in entries)
-            if choice.finish_reason == "stop" and not isinstance(choice.stop_reason, str) and entries:
-                entries.pop()  # the end-of-turn or stop token: it adds no text, so no logprob shown
-            self.texts[index] = self.texts.get(index, "") + choice.text
+            text = choice.text
+            if choice.logprobs:
+                entries = list(choice.logprobs)
+                self.cumulative_logprobs[index] = (self.cumulative_logprobs.get(index, 0.0)
+                                                   + sum(e.logprob for e in entries))
+                if choice.finish_reason == "stop" and not isinstance(choice.stop_reason, str):
+                    entries.pop()  # the end-of-turn or stop token: it adds no text, so no logprob shown
+            else:
+                entries = []
+            texts = self.texts
+            texts[index] = texts[index] + text if index in texts else text
             self.num_tokens[index] = choice.num_tokens
-            if choice.text or (entries and self.num_logprobs is not None):
-                chunks.append(self.text_chunk(index, choice.text, entries))
+            if text or (entries and self.num_logprobs is not None):
+                chunks.append(self.text_chunk(index, text, entries))
             if choice.finish_reason == "abort":
                 raise APIError(503, "The engine aborted the request before it finished.")
             if choice.finish_reason is not None:
@@ -77,7 +96,7 @@ class Chunks:
     def indices(self) -> list[int]:
         return sorted(self.texts)
 
-    def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict:
+    def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str:
         raise NotImplementedError
 
     def finish_chunk(self, index: int, reason: str) -> dict:

@@ -7,6 +7,7 @@ Beyond plain generation: ``echo`` (the prompt, and its logprobs, before the comp
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from typing import TYPE_CHECKING
 
@@ -150,7 +151,10 @@ class CompletionChunks(Chunks):
             chunks.append(self._chunk([pc.CompletionChoice(index=index, text=self.echo_texts[k], logprobs=piece)]))
         return chunks
 
-    def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict:
+    def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str:
+        if self.num_logprobs is None:  # the hot path: the JSON text of the chunk below, built directly
+            return (f'{self.chunk_head("text_completion")}{{"index": {index}, "text": {json.dumps(text)}, '
+                    f'"logprobs": null, "finish_reason": null}}]}}')
         return self._chunk([pc.CompletionChoice(index=index, text=text, logprobs=self._piece(index, logprobs))])
 
     def finish_chunk(self, index: int, reason: str) -> dict:
