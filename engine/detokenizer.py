@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 # How many prompt tokens seed the window, so the first output token decodes in context.
 _PROMPT_CONTEXT_TOKENS = 5
+# A decode window that has grown to this many tokens starts again at the last emitted text.
+_MAX_WINDOW = 8
 
 
 class IncrementalDetokenizer:
@@ -34,21 +36,29 @@ class IncrementalDetokenizer:
         self._ids: list[int] = list(prompt_ids)[-_PROMPT_CONTEXT_TOKENS:]
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
+        self._prefix_text: str | None = None  # decode(ids[prefix_offset:read_offset]), once known
         self._pending = ""  # decoded text held back because it may start a stop string
-        self._output_text = ""
+        self._emitted: list[str] = []  # the text emitted so far, in pieces
         self._is_stopped = False
 
     @property
     def output_text(self) -> str:
         """All text emitted so far (deltas and flush)."""
-        return self._output_text
+        if len(self._emitted) > 1:
+            self._emitted[:] = ["".join(self._emitted)]
+        return self._emitted[0] if self._emitted else ""
 
     def step(self, new_token_ids: Sequence[int]) -> tuple[str, str | None]:
         """Add generated ids; return (text safe to emit now, the stop string matched or None)."""
         if self._is_stopped:
             return "", None
         self._ids.extend(new_token_ids)
-        self._pending += self._decode_window(is_final=False)
+        text = self._decode_window(is_final=False)
+        if not self._stop:  # nothing to hold back
+            if text:
+                self._emitted.append(text)
+            return text, None
+        self._pending += text
         return self._release(is_final=False)
 
     def flush(self) -> str:
@@ -60,17 +70,30 @@ class IncrementalDetokenizer:
         return delta
 
     def _decode_window(self, *, is_final: bool) -> str:
-        """New text of ids[read_offset:], decoded with ids[prefix_offset:read_offset] as context."""
-        if self._read_offset >= len(self._ids):
+        """New text of ids[read_offset:], decoded with ids[prefix_offset:read_offset] as context.
+
+        The context's text is the previous window's text when the window only grew (its start
+        stays put for up to _MAX_WINDOW tokens), so most steps decode once, not twice.
+        """
+        ids = self._ids
+        read_offset = self._read_offset
+        if read_offset >= len(ids):
             return ""
-        decode = self._tokenizer.decode
-        prefix_text = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=self._skip_special_tokens)
-        new_text = decode(self._ids[self._prefix_offset :], skip_special_tokens=self._skip_special_tokens)
+        decode, skip = self._tokenizer.decode, self._skip_special_tokens
+        prefix_offset = self._prefix_offset
+        prefix_text = self._prefix_text
+        if prefix_text is None:
+            prefix_text = self._prefix_text = decode(ids[prefix_offset:read_offset], skip_special_tokens=skip)
+        new_text = decode(ids[prefix_offset:], skip_special_tokens=skip)
         # A trailing U+FFFD means a multi-byte character is still incomplete: wait for more bytes.
         if not is_final and (len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd")):
             return ""
-        self._prefix_offset = self._read_offset
-        self._read_offset = len(self._ids)
+        if len(ids) - prefix_offset >= _MAX_WINDOW:
+            # start the next window where this one's new text began: decode its context anew
+            self._prefix_offset, self._prefix_text = read_offset, None
+        else:
+            self._prefix_text = new_text  # the next window's context: ids[prefix_offset:len(ids)]
+        self._read_offset = len(ids)
         return new_text[len(prefix_text) :]
 
     def _release(self, *, is_final: bool) -> tuple[str, str | None]:
@@ -83,12 +106,12 @@ class IncrementalDetokenizer:
             delta = text[: index + len(stop)] if self._include_stop else text[:index]
             self._pending = ""
             self._is_stopped = True
-            self._output_text += delta
+            self._emitted.append(delta)
             return delta, stop
         keep = 0 if is_final else self._stop_prefix_length(text)
         delta = text[: len(text) - keep]
         self._pending = text[len(text) - keep :]
-        self._output_text += delta
+        self._emitted.append(delta)
         return delta, None
 
     def _stop_prefix_length(self, text: str) -> int:
