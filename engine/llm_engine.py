@@ -216,36 +216,48 @@ class LLMEngine:
         self.num_steps += 1
         self.max_batch_size_seen = max(self.max_batch_size_seen, len(sched.seqs))
         changed: dict[str, list[Sequence]] = {}
-        for i, (seq, token_id) in enumerate(zip(sched.sample_seqs, token_ids)):
-            self._append_token(seq, token_id, logprobs[i] if logprobs else None)
-            changed.setdefault(seq.request_id, []).append(seq)
+        append_token = self._append_token
+        if logprobs:
+            for seq, token_id, logprob in zip(sched.sample_seqs, token_ids, logprobs):
+                append_token(seq, token_id, logprob)
+                changed.setdefault(seq.request_id, []).append(seq)
+        else:
+            for seq, token_id in zip(sched.sample_seqs, token_ids):
+                append_token(seq, token_id, None)
+                if seq.request_id in changed:
+                    changed[seq.request_id].append(seq)
+                else:
+                    changed[seq.request_id] = [seq]
+        self.num_generation_tokens += len(token_ids)
         self.scheduler.remove_finished()
-        return [self._make_output(rid, seqs) for rid, seqs in changed.items()]
+        make_output = self._make_output
+        return [make_output(rid, seqs) for rid, seqs in changed.items()]
 
     def _append_token(self, seq: Sequence, token_id: int, logprob) -> None:
-        seq.token_ids.append(token_id)
-        self.num_generation_tokens += 1
+        token_ids = seq.token_ids
+        token_ids.append(token_id)
         if logprob is not None:
             seq.pending_logprobs.append(logprob)
-        p = seq.params
-        if seq.guide is not None:
-            seq.guide.accept(token_id)
+        guide = seq.guide
+        if guide is not None:
+            guide.accept(token_id)
         # EOS and stop_token_ids end the choice without adding their text (the sampler keeps
         # them out until min_tokens is reached).
         if token_id in seq.stop_token_set:
-            seq.stop_reason = token_id if token_id in p.stop_token_ids else None
+            seq.stop_reason = token_id if token_id in seq.params.stop_token_ids else None
             seq.pending_text += seq.detokenizer.flush()
             self.scheduler.finish(seq, "stop")
             return
-        delta, stop = seq.detokenizer.step([token_id])
-        seq.pending_text += delta
+        delta, stop = seq.detokenizer.step((token_id,))
+        if delta:
+            seq.pending_text += delta
         if stop is not None:
             seq.stop_reason = stop
             self.scheduler.finish(seq, "stop")
-        elif seq.guide is not None and seq.guide.is_terminated():  # the grammar is complete
+        elif guide is not None and guide.is_terminated():  # the grammar is complete
             seq.pending_text += seq.detokenizer.flush()
             self.scheduler.finish(seq, "stop")
-        elif seq.num_completion_tokens >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
+        elif len(token_ids) - seq.num_prompt_tokens >= seq.max_tokens or len(token_ids) >= self.max_model_len:
             seq.pending_text += seq.detokenizer.flush()
             self.scheduler.finish(seq, "length")
 
@@ -253,17 +265,24 @@ class LLMEngine:
         state = self._requests[request_id]
         outputs = []
         for seq in seqs:
-            new_ids = seq.token_ids[seq.num_prompt_tokens + seq.num_emitted_tokens :]
-            seq.num_emitted_tokens = seq.num_completion_tokens
+            token_ids = seq.token_ids
+            num_completion = len(token_ids) - seq.num_prompt_tokens
+            new_ids = token_ids[seq.num_prompt_tokens + seq.num_emitted_tokens :]
+            seq.num_emitted_tokens = num_completion
             text, seq.pending_text = seq.pending_text, ""
-            lps, seq.pending_logprobs = (seq.pending_logprobs or None), []
+            lps = seq.pending_logprobs
+            if lps:
+                seq.pending_logprobs = []
+            else:
+                lps = None
             outputs.append(CompletionOutput(
-                seq.index, text, new_ids, seq.num_completion_tokens, seq.finish_reason, lps, seq.stop_reason,
+                seq.index, text, new_ids, num_completion, seq.finish_reason, lps, seq.stop_reason,
             ))
-        is_finished = all(s.is_finished for s in state.seqs)
+        all_seqs = state.seqs
+        is_finished = all_seqs[0].is_finished if len(all_seqs) == 1 else all(s.is_finished for s in all_seqs)
         if is_finished:
             del self._requests[request_id]
-        first = state.seqs[0]
+        first = all_seqs[0]
         prompt_logprobs = None
         if first.prompt_logprobs is not None and len(first.prompt_logprobs) >= first.num_prompt_tokens - 1:
             prompt_logprobs = [None] + [first.prompt_logprobs[q] for q in range(first.num_prompt_tokens - 1)]

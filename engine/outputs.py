@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenLogprob:
     """One sampled token's log-probability and its top alternatives (token id -> logprob)."""
 
@@ -13,7 +13,7 @@ class TokenLogprob:
     top_logprobs: dict[int, float] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class CompletionOutput:
     """One choice's progress since the previous RequestOutput of its request."""
 
@@ -30,7 +30,7 @@ class CompletionOutput:
         return self.finish_reason is not None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestOutput:
     """A step's news for one request: only the choices that changed are listed."""
 
