@@ -84,12 +84,15 @@ class Generation:
 
     async def __aiter__(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         if self._stream is not None:
+            has_deadline = self.ticket is not None and self.ticket.deadline is not None  # fixed at admission
+            next_output = self._next_single if has_deadline else self._stream.__anext__
             while True:
                 try:
-                    out = await self._next_single()
+                    out = await next_output()
                 except StopAsyncIteration:
                     return
-                self._dequeue(0)
+                if self._num_queued_tokens:
+                    self._dequeue(0)
                 if out.is_finished:
                     self.unfinished.discard(self.request_ids[0])
                 yield 0, out

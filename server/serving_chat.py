@@ -1,7 +1,6 @@
 """/v1/chat/completions: messages → chat template → engine request → chat.completion bodies."""
 from __future__ import annotations
 
-import json
 import uuid
 from typing import TYPE_CHECKING
 
@@ -10,7 +9,7 @@ from fastapi.responses import JSONResponse
 from engine import TokenLogprob
 from server import protocol_chat as pc
 from server.errors import bad_request
-from server.serving_chunks import Chunks
+from server.serving_chunks import Chunks, json_string
 from server.serving_logprobs import TokenStrings, chat_logprobs
 from server.tools import ToolCallStream, ToolSettings, parse_tool_calls, render_messages
 
@@ -134,7 +133,7 @@ class ChatChunks(Chunks):
         if self.num_logprobs is None and self.tools is None:
             # the hot path: the JSON text of the chunk built below, written directly
             return (f'{self.chunk_head("chat.completion.chunk")}{{"index": {index}, "delta": {{"content": '
-                    f'{json.dumps(text)}}}, "logprobs": null, "finish_reason": null}}]}}')
+                    f'{json_string(text)}}}, "logprobs": null, "finish_reason": null}}]}}')
         piece = None
         if self.num_logprobs is not None:
             content = chat_logprobs(self.strings, logprobs, self.num_logprobs)

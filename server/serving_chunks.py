@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import time
+from json.encoder import encode_basestring_ascii
 
 from engine import RequestOutput, TokenLogprob
 from server import protocol as p
 from server.errors import APIError
 from server.serving_logprobs import TokenStrings
+
+json_string = encode_basestring_ascii  # a str as JSON text: what json.dumps(str) writes, without its overhead
 
 
 class Chunks:

@@ -7,7 +7,6 @@ Beyond plain generation: ``echo`` (the prompt, and its logprobs, before the comp
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,7 @@ from fastapi.responses import JSONResponse
 from engine import RequestOutput, TokenLogprob
 from server import protocol_completions as pc
 from server.errors import bad_request
-from server.serving_chunks import Chunks
+from server.serving_chunks import Chunks, json_string
 from server.serving_logprobs import CompletionLogprobsBuilder, TokenStrings, merge_completion_logprobs
 
 if TYPE_CHECKING:
@@ -153,7 +152,7 @@ class CompletionChunks(Chunks):
 
     def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str:
         if self.num_logprobs is None:  # the hot path: the JSON text of the chunk below, built directly
-            return (f'{self.chunk_head("text_completion")}{{"index": {index}, "text": {json.dumps(text)}, '
+            return (f'{self.chunk_head("text_completion")}{{"index": {index}, "text": {json_string(text)}, '
                     f'"logprobs": null, "finish_reason": null}}]}}')
         return self._chunk([pc.CompletionChoice(index=index, text=text, logprobs=self._piece(index, logprobs))])
 
