@@ -23,6 +23,7 @@ class EngineConfig:
     seed: int = 0
     chat_template: str | None = None  # a Jinja2 template that replaces the model's own
     quantization: str | None = None  # None, or "int8": dynamic int8 linear layers (CPU only)
+    cpu_kernels: bool = True  # the C++ decoder stack on CPU float32 when it builds (GPTSERVE_CPU_KERNELS=0: off)
     fault_injection_step: int | None = None  # tests only: the forward pass of this step raises
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.layers.attention import AttentionMetadata
+from engine.layers.cpu_kernels import build_llama_stack
 from engine.layers.quant import CALIBRATION_TEXT, quantize_int8
 from engine.loader import default_model_path, load_checkpoint
 from engine.model_runner import ModelRunner
@@ -92,6 +93,10 @@ class LLMEngine:
         self.model.reset_rotary(self.device)  # float32 tables, computed for real (not meta)
         if config.quantization == "int8":
             self.model = quantize_int8(self.model, self.device, self._calibration_forward)
+        if config.cpu_kernels and self.device.type == "cpu":
+            self.model.cpu_stack = build_llama_stack(self.model)
+        logger.info("decoder layers: %s", "C++ (engine/csrc/llama_cpu.cpp)" if self.model.cpu_stack is not None
+                    else "Python")
         per_token = ModelRunner.kv_bytes_per_token(model_config, self.dtype)
         num_blocks = config.num_kv_blocks or max(
             1, int(config.kv_cache_memory_gb * 2**30) // (per_token * config.block_size)

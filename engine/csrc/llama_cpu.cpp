@@ -1,0 +1,440 @@
+// The Llama decoder stack on the CPU in one C++ call: what engine/models/llama.py does layer by
+// layer in Python, without ~600 Python-dispatched torch ops a step, and with attention for the
+// decoding tokens read straight out of the paged KV pool (no gathered copy, no padding).
+//
+// Built on first use by engine/layers/cpu_kernels.py (torch.utils.cpp_extension). Float32 only.
+// Linear layers are either float32 (at::linear, the same call the Python path makes) or torch's
+// fbgemm int8 (the packed weights of engine/layers/quant.py, with the same per-token activation
+// scaling). Prefill chunks attend with at::scaled_dot_product_attention, as in Python.
+#include <torch/extension.h>
+#include <torch/csrc/jit/python/pybind_utils.h>
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+#include <ATen/native/quantized/PackedParams.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+struct Linear {
+  Tensor weight;  // float32 (out, in), or undefined when int8
+  Tensor bias;    // float32 (out) or undefined
+  c10::intrusive_ptr<LinearPackedParamsBase> packed;  // int8, or null
+
+  // y = x W^T (+ b). For int8, x's rows were divided by row_scale; multiply back here.
+  Tensor operator()(const Tensor& x) const {
+    RECORD_FUNCTION("gptserve::linear", c10::ArrayRef<const c10::IValue>{});
+    if (packed) return packed->apply_dynamic(x, /*reduce_range=*/true);
+    return at::linear(x, weight, bias.defined() ? c10::optional<Tensor>(bias) : c10::nullopt);
+  }
+  bool int8() const { return static_cast<bool>(packed); }
+};
+
+struct Layer {
+  Tensor input_norm, post_norm;
+  Linear qkv, o, gate_up, down;
+};
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+// exp(x) for 8 floats: Cephes' polynomial (as in avx_mathfun), relative error ~1e-7.
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+  x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
+  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+  fx = _mm256_floor_ps(fx);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  const __m256 z = _mm256_mul_ps(x, x);
+  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+  y = _mm256_fmadd_ps(y, z, _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+  __m256i n = _mm256_cvttps_epi32(fx);
+  n = _mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+}
+#endif
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  int64_t i = 0;
+  float sum = 0.f;
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  sum = hsum(_mm256_add_ps(s0, s1));
+#endif
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// y += a * x
+inline void axpy(float a, const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256 av = _mm256_set1_ps(a);
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+// x[i] = exp(x[i]) for n floats
+inline void exp_inplace(float* x, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp8(_mm256_loadu_ps(x + i)));
+#endif
+  for (; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+inline void softmax_inplace(float* x, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+  for (int64_t i = 0; i < n; ++i) x[i] -= m;
+  exp_inplace(x, n);
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) sum += x[i];
+  const float inv = 1.f / sum;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+inline float absmax(const float* p, int64_t n) {
+  float m = 0.f;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(p[i]));
+  return m;
+}
+
+// out = rmsnorm(x) * w, then (int8) divided by its absolute maximum, kept in scale.
+void rmsnorm_rows(const Tensor& x, const Tensor& w, double eps, Tensor& out, Tensor& scale, bool per_token) {
+  RECORD_FUNCTION("gptserve::rmsnorm", c10::ArrayRef<const c10::IValue>{});
+  const int64_t T = x.size(0), H = x.size(1);
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  float* sp = per_token ? scale.data_ptr<float>() : nullptr;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = xp + t * H;
+    float* orow = op + t * H;
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < H; ++i) ss += xr[i] * xr[i];
+    const float r = 1.f / std::sqrt(ss / H + static_cast<float>(eps));
+    for (int64_t i = 0; i < H; ++i) orow[i] = xr[i] * r * wp[i];
+    if (per_token) {
+      const float s = std::max(absmax(orow, H), 1e-6f);
+      for (int64_t i = 0; i < H; ++i) orow[i] /= s;
+      sp[t] = s;
+    }
+  }
+}
+
+// rows /= their absolute maximum (in place), the maxima into scale.
+void scale_rows(Tensor& x, Tensor& scale) {
+  const int64_t T = x.size(0), H = x.size(1);
+  float* xp = x.data_ptr<float>();
+  float* sp = scale.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    float* r = xp + t * H;
+    const float s = std::max(absmax(r, H), 1e-6f);
+    for (int64_t i = 0; i < H; ++i) r[i] /= s;
+    sp[t] = s;
+  }
+}
+
+// x += y * scale (per row; scale undefined: 1)
+void residual_add(Tensor& x, const Tensor& y, const Tensor& scale, bool per_token) {
+  const int64_t T = x.size(0), H = x.size(1);
+  float* xp = x.data_ptr<float>();
+  const float* yp = y.data_ptr<float>();
+  const float* sp = per_token ? scale.data_ptr<float>() : nullptr;
+  for (int64_t t = 0; t < T; ++t) {
+    const float s = per_token ? sp[t] : 1.f;
+    float* xr = xp + t * H;
+    const float* yr = yp + t * H;
+    if (per_token)
+      for (int64_t i = 0; i < H; ++i) xr[i] += yr[i] * s;
+    else
+      for (int64_t i = 0; i < H; ++i) xr[i] += yr[i];
+  }
+}
+
+}  // namespace
+
+class LlamaStack {
+ public:
+  LlamaStack(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t hidden, int64_t intermediate,
+             double eps, Tensor cos, Tensor sin)
+      : num_heads_(num_heads), num_kv_heads_(num_kv_heads), head_dim_(head_dim), hidden_(hidden),
+        intermediate_(intermediate), eps_(eps), cos_(cos.contiguous()), sin_(sin.contiguous()) {
+    TORCH_CHECK(cos_.scalar_type() == at::kFloat && cos_.size(1) == head_dim, "cos table: float32 (P, head_dim)");
+  }
+
+  // Linears are given as (float weight, bias) or (packed int8 ScriptObject, bias).
+  void add_layer(Tensor input_norm, Tensor post_norm, py::object qkv, py::object qkv_bias, py::object o,
+                 py::object gate_up, py::object down) {
+    Layer layer;
+    layer.input_norm = input_norm.contiguous();
+    layer.post_norm = post_norm.contiguous();
+    layer.qkv = make_linear(qkv, qkv_bias);
+    layer.o = make_linear(o, py::none());
+    layer.gate_up = make_linear(gate_up, py::none());
+    layer.down = make_linear(down, py::none());
+    TORCH_CHECK(layers_.empty() || layers_[0].qkv.int8() == layer.qkv.int8(), "all layers int8 or none");
+    layers_.push_back(std::move(layer));
+  }
+
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+  // x (T, hidden) embedded tokens -> (T, hidden) before the final norm. The first num_decode
+  // tokens are decodes (one per sequence); prefills[i] = (start, num_new, num_context) with its
+  // block table in prefill_tables[i].
+  Tensor forward(Tensor x, Tensor positions, Tensor kv_caches, Tensor slot_mapping, int64_t num_decode,
+                 Tensor decode_block_tables, Tensor decode_context_lens, std::vector<std::vector<int64_t>> prefills,
+                 std::vector<Tensor> prefill_tables) {
+    TORCH_CHECK(x.scalar_type() == at::kFloat && kv_caches.scalar_type() == at::kFloat, "float32 only");
+    TORCH_CHECK(kv_caches.size(0) == num_layers(), "one KV cache per layer");
+    x = x.contiguous().clone();
+    const int64_t T = x.size(0);
+    const bool per_token = layers_[0].qkv.int8();
+    const int64_t q_size = num_heads_ * head_dim_, kv_size = num_kv_heads_ * head_dim_;
+    auto fopts = x.options();
+    Tensor h = at::empty({T, hidden_}, fopts);
+    Tensor scale = at::empty({T}, fopts);
+    Tensor attn = at::empty({T, q_size}, fopts);
+    Tensor act = at::empty({T, intermediate_}, fopts);
+    positions = positions.contiguous();
+    slot_mapping = slot_mapping.contiguous();
+    Tensor tables, lens;
+    if (num_decode) {
+      tables = decode_block_tables.contiguous();
+      lens = decode_context_lens.contiguous();
+    }
+    for (size_t li = 0; li < layers_.size(); ++li) {
+      const Layer& L = layers_[li];
+      Tensor cache = kv_caches[li];  // (2, blocks, block_size, Hkv, D)
+      // attention block
+      if (li == 0) rmsnorm_rows(x, L.input_norm, eps_, h, scale, per_token);
+      Tensor qkv = L.qkv(h).contiguous();  // (T, q + 2kv)
+      post_qkv(qkv, scale, per_token, L.qkv.int8() ? L.qkv.bias : Tensor(), positions, cache, slot_mapping);
+      attention(qkv, cache, num_decode, tables, lens, prefills, prefill_tables, attn);
+      if (per_token) scale_rows(attn, scale);
+      Tensor o = L.o(attn);
+      residual_add(x, o, scale, per_token);
+      rmsnorm_rows(x, L.post_norm, eps_, h, scale, per_token);
+      // MLP block
+      Tensor gu = L.gate_up(h).contiguous();  // (T, 2I)
+      silu_mul(gu, scale, per_token, act);
+      Tensor d = L.down(act);
+      residual_add(x, d, scale, per_token);
+      if (li + 1 < layers_.size()) rmsnorm_rows(x, layers_[li + 1].input_norm, eps_, h, scale, per_token);
+    }
+    return x;
+  }
+
+  // Decode attention alone (for tests): q (B, Hq, D) -> (B, Hq, D) over the paged cache.
+  Tensor decode_attention(Tensor q, Tensor cache, Tensor tables, Tensor lens) {
+    const int64_t B = q.size(0);
+    Tensor out = at::empty({B, num_heads_ * head_dim_}, q.options());
+    Tensor qc = q.contiguous();
+    decode_attention_impl(qc.data_ptr<float>(), num_heads_ * head_dim_, cache, B, tables.contiguous(),
+                          lens.contiguous(), out.data_ptr<float>(), num_heads_ * head_dim_);
+    return out.view({B, num_heads_, head_dim_});
+  }
+
+ private:
+  Linear make_linear(py::object w, py::object bias) {
+    Linear lin;
+    if (!bias.is_none()) lin.bias = bias.cast<Tensor>().contiguous();
+    if (THPVariable_Check(w.ptr())) {
+      lin.weight = w.cast<Tensor>().contiguous();
+      return lin;
+    }
+    static const c10::FunctionSchema& schema =
+        c10::Dispatcher::singleton().findSchemaOrThrow("quantized::linear_dynamic", "").schema();
+    c10::IValue iv = torch::jit::toIValue(w, schema.arguments()[1].type());
+    lin.packed = iv.toCustomClass<LinearPackedParamsBase>();
+    return lin;
+  }
+
+  // Scale back (int8), add the bias (int8: the op has none), rotate q and k, write k and v to
+  // their cache slots.
+  void post_qkv(Tensor& qkv, const Tensor& scale, bool per_token, const Tensor& bias, const Tensor& positions,
+                Tensor& cache, const Tensor& slot_mapping) {
+    RECORD_FUNCTION("gptserve::post_qkv", c10::ArrayRef<const c10::IValue>{});
+    const int64_t T = qkv.size(0), W = qkv.size(1), D = head_dim_, half = D / 2;
+    const int64_t Hq = num_heads_, Hkv = num_kv_heads_;
+    float* p = qkv.data_ptr<float>();
+    const float* sp = per_token ? scale.data_ptr<float>() : nullptr;
+    const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    const int64_t* pos = positions.data_ptr<int64_t>();
+    const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+    const float* cosp = cos_.data_ptr<float>();
+    const float* sinp = sin_.data_ptr<float>();
+    float* kc = cache[0].data_ptr<float>();
+    float* vc = cache[1].data_ptr<float>();
+    const int64_t slot_stride = Hkv * D;
+    std::vector<float> tmp(D);
+    for (int64_t t = 0; t < T; ++t) {
+      float* row = p + t * W;
+      if (sp) {
+        const float s = sp[t];
+        for (int64_t i = 0; i < W; ++i) row[i] *= s;
+      }
+      if (bp)
+        for (int64_t i = 0; i < W; ++i) row[i] += bp[i];
+      const float* c = cosp + pos[t] * D;
+      const float* s = sinp + pos[t] * D;
+      for (int64_t hd = 0; hd < Hq + Hkv; ++hd) {  // q heads, then k heads: contiguous in the row
+        float* v = row + hd * D;
+        for (int64_t i = 0; i < half; ++i) tmp[i] = v[i] * c[i] - v[i + half] * s[i];
+        for (int64_t i = half; i < D; ++i) tmp[i] = v[i] * c[i] + v[i - half] * s[i];
+        std::copy(tmp.begin(), tmp.end(), v);
+      }
+      const int64_t slot = slots[t];
+      std::copy(row + Hq * D, row + (Hq + Hkv) * D, kc + slot * slot_stride);
+      std::copy(row + (Hq + Hkv) * D, row + (Hq + 2 * Hkv) * D, vc + slot * slot_stride);
+    }
+  }
+
+  // For each decoding sequence b: its query heads attend over the sequence's first lens[b]
+  // cached positions, read block by block straight from the pool (head h reads KV head h / G).
+  void decode_attention_impl(const float* q, int64_t q_stride, const Tensor& cache, int64_t B, const Tensor& tables,
+                             const Tensor& lens, float* out, int64_t out_stride) {
+    RECORD_FUNCTION("gptserve::decode_attention", c10::ArrayRef<const c10::IValue>{});
+    const int64_t D = head_dim_, Hkv = num_kv_heads_, G = num_heads_ / num_kv_heads_;
+    const int64_t block_size = cache.size(2);
+    const float* kc = cache[0].data_ptr<float>();
+    const float* vc = cache[1].data_ptr<float>();
+    const int64_t* tab = tables.data_ptr<int64_t>();
+    const int64_t tab_stride = tables.size(1);
+    const int64_t* lp = lens.data_ptr<int64_t>();
+    const float sm_scale = 1.f / std::sqrt(static_cast<float>(D));
+    const int64_t slot_stride = Hkv * D;
+    int64_t max_len = 0;
+    for (int64_t b = 0; b < B; ++b) max_len = std::max(max_len, lp[b]);
+    // one task per sequence: each cached row (all KV heads, contiguous) is read once
+    const int64_t Hq = num_heads_;
+    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, max_len * Hq * D / 64));
+    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores(Hq * max_len);
+      std::vector<float> acc(Hq * D);
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t len = lp[b];
+        const int64_t* table = tab + b * tab_stride;
+        const float* qb = q + b * q_stride;
+        for (int64_t start = 0, blk = 0; start < len; start += block_size, ++blk) {
+          const int64_t n = std::min(block_size, len - start);
+          const float* kbase = kc + table[blk] * block_size * slot_stride;
+          for (int64_t off = 0; off < n; ++off) {
+            const float* row = kbase + off * slot_stride;
+            for (int64_t h = 0; h < Hq; ++h)
+              scores[h * max_len + start + off] = dot(qb + h * D, row + (h / G) * D, D) * sm_scale;
+          }
+        }
+        for (int64_t h = 0; h < Hq; ++h) softmax_inplace(scores.data() + h * max_len, len);
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t start = 0, blk = 0; start < len; start += block_size, ++blk) {
+          const int64_t n = std::min(block_size, len - start);
+          const float* vbase = vc + table[blk] * block_size * slot_stride;
+          for (int64_t off = 0; off < n; ++off) {
+            const float* row = vbase + off * slot_stride;
+            for (int64_t h = 0; h < Hq; ++h) axpy(scores[h * max_len + start + off], row + (h / G) * D, acc.data() + h * D, D);
+          }
+        }
+        std::copy(acc.begin(), acc.end(), out + b * out_stride);
+      }
+    });
+  }
+
+  void attention(const Tensor& qkv, const Tensor& cache, int64_t num_decode, const Tensor& tables, const Tensor& lens,
+                 const std::vector<std::vector<int64_t>>& prefills, const std::vector<Tensor>& prefill_tables,
+                 Tensor& out) {
+    const int64_t D = head_dim_, Hq = num_heads_, Hkv = num_kv_heads_;
+    const int64_t q_size = Hq * D, kv_size = Hkv * D;
+    if (num_decode)
+      decode_attention_impl(qkv.data_ptr<float>(), qkv.size(1), cache, num_decode, tables, lens,
+                            out.data_ptr<float>(), q_size);
+    if (prefills.empty()) return;
+    const double sm_scale = 1.0 / std::sqrt(static_cast<double>(D));
+    for (size_t i = 0; i < prefills.size(); ++i) {
+      const int64_t start = prefills[i][0], n = prefills[i][1], ctx = prefills[i][2];
+      Tensor rows = qkv.narrow(0, start, n);
+      Tensor query = rows.narrow(1, 0, q_size).view({n, Hq, D}).transpose(0, 1);
+      Tensor res;
+      if (ctx == n) {
+        Tensor keys = rows.narrow(1, q_size, kv_size).view({n, Hkv, D}).transpose(0, 1);
+        Tensor values = rows.narrow(1, q_size + kv_size, kv_size).view({n, Hkv, D}).transpose(0, 1);
+        res = at::scaled_dot_product_attention(query, keys, values, {}, 0.0, /*is_causal=*/true, sm_scale,
+                                               /*enable_gqa=*/true);
+      } else {
+        const Tensor& table = prefill_tables[i];
+        Tensor kb = cache[0].index_select(0, table).view({-1, Hkv, D}).narrow(0, 0, ctx).transpose(0, 1);
+        Tensor vb = cache[1].index_select(0, table).view({-1, Hkv, D}).narrow(0, 0, ctx).transpose(0, 1);
+        Tensor q_pos = at::arange(ctx - n, ctx, qkv.options().dtype(at::kLong));
+        Tensor mask = at::arange(ctx, qkv.options().dtype(at::kLong)).unsqueeze(0) <= q_pos.unsqueeze(1);
+        res = at::scaled_dot_product_attention(query, kb, vb, mask, 0.0, false, sm_scale, true);
+      }
+      out.narrow(0, start, n).view({n, Hq, D}).copy_(res.transpose(0, 1));
+    }
+  }
+
+  // act = silu(gate) * up from (T, 2I) (scaled back first for int8), then (int8) rows scaled.
+  void silu_mul(const Tensor& gu, Tensor& scale, bool per_token, Tensor& act) {
+    RECORD_FUNCTION("gptserve::silu_mul", c10::ArrayRef<const c10::IValue>{});
+    const int64_t T = gu.size(0), I = intermediate_;
+    const float* gp = gu.data_ptr<float>();
+    float* ap = act.data_ptr<float>();
+    float* sp = per_token ? scale.data_ptr<float>() : nullptr;
+    for (int64_t t = 0; t < T; ++t) {
+      const float* g = gp + t * 2 * I;
+      const float* u = g + I;
+      float* a = ap + t * I;
+      const float s = per_token ? sp[t] : 1.f;
+      for (int64_t i = 0; i < I; ++i) a[i] = -(g[i] * s);
+      exp_inplace(a, I);  // a = exp(-gate)
+      for (int64_t i = 0; i < I; ++i) a[i] = (g[i] * s) / (1.f + a[i]) * (u[i] * s);
+      if (per_token) {
+        const float m = std::max(absmax(a, I), 1e-6f);
+        for (int64_t i = 0; i < I; ++i) a[i] /= m;
+        sp[t] = m;
+      }
+    }
+  }
+
+  int64_t num_heads_, num_kv_heads_, head_dim_, hidden_, intermediate_;
+  double eps_;
+  Tensor cos_, sin_;
+  std::vector<Layer> layers_;
+};
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  py::class_<LlamaStack>(m, "LlamaStack")
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, Tensor, Tensor>())
+      .def("add_layer", &LlamaStack::add_layer)
+      .def("num_layers", &LlamaStack::num_layers)
+      .def("forward", &LlamaStack::forward, py::call_guard<py::gil_scoped_release>())
+      .def("decode_attention", &LlamaStack::decode_attention, py::call_guard<py::gil_scoped_release>());
+}

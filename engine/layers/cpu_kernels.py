@@ -1,0 +1,107 @@
+"""The C++ Llama stack for the CPU (engine/csrc/llama_cpu.cpp): build, load, wrap.
+
+Built on first use with torch.utils.cpp_extension (the machine's C++ compiler and the ``ninja``
+package), for this CPU (-march=native), into ``$GPTSERVE_KERNEL_CACHE`` (default
+``~/.cache/gptserve/kernels``), in a folder named by the source, torch version and CPU, so a
+change to any of them builds afresh; a later process only loads the built library. A build
+takes about a minute on 2 cores; concurrent processes wait for one build (torch's file lock).
+
+When it cannot be built (no compiler, say) ``load()`` returns None, says why once in the log, and
+the model runs its Python path: the C++ stack is an optimization, never a requirement.
+``GPTSERVE_CPU_KERNELS=0`` turns it off.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("gptserve.engine")
+
+_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "llama_cpu.cpp"
+_lock = threading.Lock()
+_module = None
+_failed: str | None = None
+
+
+def enabled_by_env() -> bool:
+    return os.environ.get("GPTSERVE_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def _build_dir() -> tuple[str, Path]:
+    key = hashlib.sha256()
+    key.update(_SOURCE.read_bytes())
+    key.update(torch.__version__.encode())
+    key.update(platform.machine().encode())
+    key.update(_cpu_id().encode())
+    digest = key.hexdigest()[:16]
+    root = Path(os.environ.get("GPTSERVE_KERNEL_CACHE", Path.home() / ".cache" / "gptserve" / "kernels"))
+    path = root / digest
+    path.mkdir(parents=True, exist_ok=True)
+    return f"gptserve_llama_cpu_{digest}", path
+
+
+def load():
+    """The compiled module, or None when it cannot be built here (the reason is logged once)."""
+    global _module, _failed
+    with _lock:
+        if _module is not None or _failed is not None:
+            return _module
+        try:
+            import ninja  # the build tool torch's extension builder runs; a PyPI dependency
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+            from torch.utils.cpp_extension import load as build
+
+            name, path = _build_dir()
+            flags = ["-O3", "-fopenmp", "-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native"]
+            _module = build(name=name, sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                            build_directory=str(path), verbose=False)
+        except Exception as exc:  # no compiler, no ninja, a failed build: the Python path serves
+            _failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            log.warning("C++ CPU kernels unavailable, using the Python path (%s)", _failed)
+        return _module
+
+
+def build_llama_stack(model):
+    """A LlamaStack holding ``model``'s layers (float32 or int8 linears), or None when the
+    kernels are unavailable or the model is not a float32 CPU model they cover."""
+    from engine.layers.quant import PerTokenInt8Linear
+
+    if not enabled_by_env():
+        return None
+    cfg = model.config
+    embed = model.embed_tokens.weight
+    if embed.device.type != "cpu" or embed.dtype != torch.float32:
+        return None
+    mod = load()
+    if mod is None:
+        return None
+
+    def linear(layer):
+        if isinstance(layer, PerTokenInt8Linear):
+            return layer.qlinear._packed_params._packed_params, layer.bias
+        return layer.weight.detach(), (layer.bias.detach() if layer.bias is not None else None)
+
+    stack = mod.LlamaStack(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
+                           cfg.intermediate_size, float(cfg.rms_norm_eps), model.rotary.cos, model.rotary.sin)
+    for layer in model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv, qkv_bias = linear(attn.qkv_proj)
+        stack.add_layer(layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach(),
+                        qkv, qkv_bias, linear(attn.o_proj)[0], linear(mlp.gate_up_proj)[0], linear(mlp.down_proj)[0])
+    return stack
