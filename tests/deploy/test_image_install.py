@@ -5,7 +5,7 @@ drift from it) and run in a fresh venv on a copy of the build context.
 The only changes to the Dockerfile's commands: `--no-cache-dir` is dropped (pip's cache makes
 the test take about a minute instead of several) and the CPU index URL is dropped (this machine
 reaches PyPI only; pip finds the same CPU torch wheel here through its configured links). The
-non-pip RUN steps (creating the user and /models) are system set-up that is checked by name.
+non-pip RUN steps (g++ from apt, creating the user and /models) are system set-up that is checked by name.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .helpers import (DOCKER, REPO, build_context_files, expand, free_port, pars
                       parse_key_values, stop, wait_http_ok)
 
 # RUN steps that only make sense in an image (users, folders): checked, not run.
-SYSTEM_STEP = re.compile(r"^(groupadd|useradd|mkdir|chown|chmod)\b")
+SYSTEM_STEP = re.compile(r"^(groupadd|useradd|mkdir|chown|chmod|apt-get|rm -rf /var/lib/apt/lists)\b")
 REWRITES = [
     (re.compile(r"\s--no-cache-dir\b"), ""),
     (re.compile(r"\s--index-url\s+https://download\.pytorch\.org/whl/cpu\b"), ""),
