@@ -35,17 +35,18 @@ class Chunks:
         self.num_prompt_tokens: dict[int, int] = {}
         self.num_cached_tokens: dict[int, int] = {}
         self.cumulative_logprobs: dict[int, float] = {}
-        self._head: str | None = None
+        self._heads: dict[str, str] = {}
 
     def chunk_head(self, object: str) -> str:
         """A stream chunk's JSON text up to its choices' opening bracket: what ``json.dumps`` of
         the model_dump of a chunk (id, object, created, model, choices, …) starts with. The
         per-token chunks are written as text from here, without pydantic (the hot path)."""
-        if self._head is None:
+        head = self._heads.get(object)
+        if head is None:
             whole = json.dumps({"id": self.request_id, "object": object, "created": self.created,
                                 "model": self.model, "choices": []})
-            self._head = whole[: -len("]}")]
-        return self._head
+            head = self._heads[object] = whole[: -len("]}")]
+        return head
 
     def update(self, k: int, out: RequestOutput) -> list[dict | str]:
         """Record one engine output of prompt ``k``; return the stream chunks it makes (dicts,
