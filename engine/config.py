@@ -22,6 +22,7 @@ class EngineConfig:
     num_threads: int | None = None  # torch intra-op threads on CPU; default: all cores
     seed: int = 0
     chat_template: str | None = None  # a Jinja2 template that replaces the model's own
+    kv_cache_dtype: str = "auto"  # "auto" (the model's dtype) | "float16": half the KV memory and reads
     quantization: str | None = None  # None, or "int8": dynamic int8 linear layers (CPU only)
     cpu_kernels: bool = True  # the C++ decoder stack on CPU float32 when it builds (GPTSERVE_CPU_KERNELS=0: off)
     fault_injection_step: int | None = None  # tests only: the forward pass of this step raises
@@ -41,6 +42,8 @@ class EngineConfig:
             raise ValueError("num_kv_blocks must be at least 1")
         if self.kv_cache_memory_gb <= 0:
             raise ValueError("kv_cache_memory_gb must be positive")
+        if self.kv_cache_dtype not in ("auto", "float16"):
+            raise ValueError(f"unsupported kv_cache_dtype {self.kv_cache_dtype!r} (supported: auto, float16)")
         if self.quantization not in (None, "int8"):
             raise ValueError(f"unsupported quantization {self.quantization!r} (supported: int8)")
         if self.max_model_len is not None and self.max_model_len < 1:

@@ -97,13 +97,14 @@ class LLMEngine:
             self.model.cpu_stack = build_llama_stack(self.model)
         logger.info("decoder layers: %s", "C++ (engine/csrc/llama_cpu.cpp)" if self.model.cpu_stack is not None
                     else "Python")
-        per_token = ModelRunner.kv_bytes_per_token(model_config, self.dtype)
+        self.kv_dtype = torch.float16 if config.kv_cache_dtype == "float16" else self.dtype
+        per_token = ModelRunner.kv_bytes_per_token(model_config, self.kv_dtype)
         num_blocks = config.num_kv_blocks or max(
             1, int(config.kv_cache_memory_gb * 2**30) // (per_token * config.block_size)
         )
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device, self.dtype)
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device, self.kv_dtype)
         if config.fault_injection_step is not None:
             self.runner.fault_hook = self._inject_fault
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(model_config.eos_token_ids)

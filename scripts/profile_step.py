@@ -32,12 +32,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=25, help="ops to list")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--python-layers", action="store_true", help="the Python decoder layers, not the C++ stack")
+    ap.add_argument("--kv-cache-dtype", default="auto", help="auto | float16")
     ap.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler")
     ap.add_argument("--json-out", default=None, help="write the summary as JSON")
     args = ap.parse_args()
 
     engine = LLMEngine(EngineConfig(model=args.model, quantization=args.quantization, num_threads=args.threads,
-                                    cpu_kernels=not args.python_layers,
+                                    cpu_kernels=not args.python_layers, kv_cache_dtype=args.kv_cache_dtype,
                                     max_num_seqs=max(args.batch, 1), max_model_len=2048))
     params = SamplingParams(temperature=0, max_tokens=1024, ignore_eos=True)
     for i in range(args.batch):

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(64, ge=1, description="sequences decoded together at most")
     max_num_batched_tokens: int = Field(1024, ge=1, description="tokens per engine step (prefill chunks + decodes)")
     kv_cache_memory_gb: float = Field(2.0, gt=0, description="memory for the paged KV cache")
+    kv_cache_dtype: Literal["auto", "float16"] = Field(
+        "auto", description="auto = the model's dtype; float16 = half the KV memory and reads (llama.cpp's default; "
+        "a small measured cost in quality, see BENCHMARKS.md)")
     no_prefix_caching: bool = Field(False, description="turn the prefix cache off: every prompt is computed in full (for A/B benchmarks)")
     # HTTP
     host: str = Field("127.0.0.1", description="address to listen on")

@@ -2,7 +2,8 @@
 // layer in Python, without ~600 Python-dispatched torch ops a step, and with attention for the
 // decoding tokens read straight out of the paged KV pool (no gathered copy, no padding).
 //
-// Built on first use by engine/layers/cpu_kernels.py (torch.utils.cpp_extension). Float32 only.
+// Built on first use by engine/layers/cpu_kernels.py (torch.utils.cpp_extension). Float32
+// activations; the KV cache float32, or float16 (EngineConfig.kv_cache_dtype, converted with F16C).
 // Linear layers are either float32 (at::linear, the same call the Python path makes) or torch's
 // fbgemm int8 (the packed weights of engine/layers/quant.py, with the same per-token activation
 // scaling). Prefill chunks attend with at::scaled_dot_product_attention, as in Python.
@@ -99,6 +100,91 @@ inline void axpy(float a, const float* x, float* y, int64_t n) {
 #endif
   for (; i < n; ++i) y[i] += a * x[i];
 }
+
+// float16 KV cache rows: the same two loops, converting 8 halves at a time (F16C).
+inline float dot(const float* a, const at::Half* b, int64_t n) {
+  int64_t i = 0;
+  float sum = 0.f;
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
+    const __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i + 8)));
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), b0, s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), b1, s1);
+  }
+  sum = hsum(_mm256_add_ps(s0, s1));
+#endif
+  for (; i < n; ++i) sum += a[i] * static_cast<float>(b[i]);
+  return sum;
+}
+
+inline void axpy(float a, const at::Half* x, float* y, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  const __m256 av = _mm256_set1_ps(a);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 xv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, xv, _mm256_loadu_ps(y + i)));
+  }
+#endif
+  for (; i < n; ++i) y[i] += a * static_cast<float>(x[i]);
+}
+
+inline void store_row(const float* src, float* dst, int64_t n) { std::copy(src, src + n, dst); }
+
+inline void store_row(const float* src, at::Half* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<at::Half>(src[i]);
+}
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define GPTSERVE_FAST_ATTENTION 1
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+// [sum(a0) .. sum(a7)]: eight horizontal sums at once
+inline __m256 reduce8(const __m256* a) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// One query head (NV * 8 floats) against n cached rows (stride apart): n scaled dot products.
+template <int NV, typename T>
+inline void qk_rows(const float* qh, const T* rows, int64_t stride, int64_t n, float scale, float* out) {
+  __m256 qv[NV];
+  for (int v = 0; v < NV; ++v) qv[v] = _mm256_loadu_ps(qh + 8 * v);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 a[8];
+    for (int r = 0; r < 8; ++r) a[r] = _mm256_setzero_ps();
+    for (int v = 0; v < NV; ++v)
+      for (int r = 0; r < 8; ++r) a[r] = _mm256_fmadd_ps(qv[v], load8(rows + (j + r) * stride + 8 * v), a[r]);
+    _mm256_storeu_ps(out + j, _mm256_mul_ps(reduce8(a), _mm256_set1_ps(scale)));
+  }
+  for (; j < n; ++j) {
+    __m256 a = _mm256_setzero_ps();
+    for (int v = 0; v < NV; ++v) a = _mm256_fmadd_ps(qv[v], load8(rows + j * stride + 8 * v), a);
+    out[j] = hsum(a) * scale;
+  }
+}
+
+// acc (NV * 8 floats, in registers) += sum_j p[j] * row_j over n rows
+template <int NV, typename T>
+inline void pv_rows(const float* p, const T* rows, int64_t stride, int64_t n, __m256* acc) {
+  for (int64_t j = 0; j < n; ++j) {
+    const __m256 pj = _mm256_set1_ps(p[j]);
+    for (int v = 0; v < NV; ++v) acc[v] = _mm256_fmadd_ps(pj, load8(rows + j * stride + 8 * v), acc[v]);
+  }
+}
+#endif
 
 // x[i] = exp(x[i]) for n floats
 inline void exp_inplace(float* x, int64_t n) {
@@ -214,7 +300,9 @@ class LlamaStack {
   Tensor forward(Tensor x, Tensor positions, Tensor kv_caches, Tensor slot_mapping, int64_t num_decode,
                  Tensor decode_block_tables, Tensor decode_context_lens, std::vector<std::vector<int64_t>> prefills,
                  std::vector<Tensor> prefill_tables) {
-    TORCH_CHECK(x.scalar_type() == at::kFloat && kv_caches.scalar_type() == at::kFloat, "float32 only");
+    TORCH_CHECK(x.scalar_type() == at::kFloat, "float32 activations only");
+    TORCH_CHECK(kv_caches.scalar_type() == at::kFloat || kv_caches.scalar_type() == at::kHalf,
+                "KV cache: float32 or float16");
     TORCH_CHECK(kv_caches.size(0) == num_layers(), "one KV cache per layer");
     x = x.contiguous().clone();
     const int64_t T = x.size(0);
@@ -293,8 +381,6 @@ class LlamaStack {
     const int64_t* slots = slot_mapping.data_ptr<int64_t>();
     const float* cosp = cos_.data_ptr<float>();
     const float* sinp = sin_.data_ptr<float>();
-    float* kc = cache[0].data_ptr<float>();
-    float* vc = cache[1].data_ptr<float>();
     const int64_t slot_stride = Hkv * D;
     std::vector<float> tmp(D);
     for (int64_t t = 0; t < T; ++t) {
@@ -313,9 +399,25 @@ class LlamaStack {
         for (int64_t i = half; i < D; ++i) tmp[i] = v[i] * c[i] + v[i - half] * s[i];
         std::copy(tmp.begin(), tmp.end(), v);
       }
-      const int64_t slot = slots[t];
-      std::copy(row + Hq * D, row + (Hq + Hkv) * D, kc + slot * slot_stride);
-      std::copy(row + (Hq + Hkv) * D, row + (Hq + 2 * Hkv) * D, vc + slot * slot_stride);
+    }
+    if (cache.scalar_type() == at::kHalf)
+      write_cache<at::Half>(qkv, cache, slot_mapping);
+    else
+      write_cache<float>(qkv, cache, slot_mapping);
+  }
+
+  template <typename T>
+  void write_cache(const Tensor& qkv, Tensor& cache, const Tensor& slot_mapping) {
+    const int64_t T_ = qkv.size(0), W = qkv.size(1), D = head_dim_, Hq = num_heads_, Hkv = num_kv_heads_;
+    const float* p = qkv.data_ptr<float>();
+    const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+    T* kc = cache[0].data_ptr<T>();
+    T* vc = cache[1].data_ptr<T>();
+    const int64_t slot_stride = Hkv * D;
+    for (int64_t t = 0; t < T_; ++t) {
+      const float* row = p + t * W;
+      store_row(row + Hq * D, kc + slots[t] * slot_stride, Hkv * D);
+      store_row(row + (Hq + Hkv) * D, vc + slots[t] * slot_stride, Hkv * D);
     }
   }
 
@@ -324,10 +426,19 @@ class LlamaStack {
   void decode_attention_impl(const float* q, int64_t q_stride, const Tensor& cache, int64_t B, const Tensor& tables,
                              const Tensor& lens, float* out, int64_t out_stride) {
     RECORD_FUNCTION("gptserve::decode_attention", c10::ArrayRef<const c10::IValue>{});
+    if (cache.scalar_type() == at::kHalf)
+      decode_attention_t<at::Half>(q, q_stride, cache, B, tables, lens, out, out_stride);
+    else
+      decode_attention_t<float>(q, q_stride, cache, B, tables, lens, out, out_stride);
+  }
+
+  template <typename T>
+  void decode_attention_t(const float* q, int64_t q_stride, const Tensor& cache, int64_t B, const Tensor& tables,
+                          const Tensor& lens, float* out, int64_t out_stride) {
     const int64_t D = head_dim_, Hkv = num_kv_heads_, G = num_heads_ / num_kv_heads_;
     const int64_t block_size = cache.size(2);
-    const float* kc = cache[0].data_ptr<float>();
-    const float* vc = cache[1].data_ptr<float>();
+    const T* kc = cache[0].data_ptr<T>();
+    const T* vc = cache[1].data_ptr<T>();
     const int64_t* tab = tables.data_ptr<int64_t>();
     const int64_t tab_stride = tables.size(1);
     const int64_t* lp = lens.data_ptr<int64_t>();
@@ -345,11 +456,18 @@ class LlamaStack {
         const int64_t len = lp[b];
         const int64_t* table = tab + b * tab_stride;
         const float* qb = q + b * q_stride;
+#ifdef GPTSERVE_FAST_ATTENTION
+        if (D == 64 || D == 128) {
+          fast_sequence<T>(qb, kc, vc, table, len, block_size, slot_stride, sm_scale, scores.data(), max_len,
+                           out + b * out_stride);
+          continue;
+        }
+#endif
         for (int64_t start = 0, blk = 0; start < len; start += block_size, ++blk) {
           const int64_t n = std::min(block_size, len - start);
-          const float* kbase = kc + table[blk] * block_size * slot_stride;
+          const T* kbase = kc + table[blk] * block_size * slot_stride;
           for (int64_t off = 0; off < n; ++off) {
-            const float* row = kbase + off * slot_stride;
+            const T* row = kbase + off * slot_stride;
             for (int64_t h = 0; h < Hq; ++h)
               scores[h * max_len + start + off] = dot(qb + h * D, row + (h / G) * D, D) * sm_scale;
           }
@@ -358,9 +476,9 @@ class LlamaStack {
         std::fill(acc.begin(), acc.end(), 0.f);
         for (int64_t start = 0, blk = 0; start < len; start += block_size, ++blk) {
           const int64_t n = std::min(block_size, len - start);
-          const float* vbase = vc + table[blk] * block_size * slot_stride;
+          const T* vbase = vc + table[blk] * block_size * slot_stride;
           for (int64_t off = 0; off < n; ++off) {
-            const float* row = vbase + off * slot_stride;
+            const T* row = vbase + off * slot_stride;
             for (int64_t h = 0; h < Hq; ++h) axpy(scores[h * max_len + start + off], row + (h / G) * D, acc.data() + h * D, D);
           }
         }
@@ -368,6 +486,41 @@ class LlamaStack {
       }
     });
   }
+
+#ifdef GPTSERVE_FAST_ATTENTION
+  // One sequence, every query head, head_dim 64 or 128: eight keys at a time per head, the value
+  // sums kept in registers.
+  template <typename T>
+  void fast_sequence(const float* qb, const T* kc, const T* vc, const int64_t* table, int64_t len,
+                     int64_t block_size, int64_t slot_stride, float sm_scale, float* scores, int64_t max_len,
+                     float* out) {
+    if (head_dim_ == 64)
+      fast_sequence_nv<8, T>(qb, kc, vc, table, len, block_size, slot_stride, sm_scale, scores, max_len, out);
+    else
+      fast_sequence_nv<16, T>(qb, kc, vc, table, len, block_size, slot_stride, sm_scale, scores, max_len, out);
+  }
+
+  template <int NV, typename T>
+  void fast_sequence_nv(const float* qb, const T* kc, const T* vc, const int64_t* table, int64_t len,
+                        int64_t block_size, int64_t slot_stride, float sm_scale, float* scores, int64_t max_len,
+                        float* out) {
+    const int64_t D = NV * 8, G = num_heads_ / num_kv_heads_;
+    for (int64_t h = 0; h < num_heads_; ++h) {
+      const int64_t koff = (h / G) * D;
+      float* sc = scores + h * max_len;
+      for (int64_t start = 0, blk = 0; start < len; start += block_size, ++blk)
+        qk_rows<NV>(qb + h * D, kc + table[blk] * block_size * slot_stride + koff, slot_stride,
+                    std::min(block_size, len - start), sm_scale, sc + start);
+      softmax_inplace(sc, len);
+      __m256 acc[NV];
+      for (int v = 0; v < NV; ++v) acc[v] = _mm256_setzero_ps();
+      for (int64_t start = 0, blk = 0; start < len; start += block_size, ++blk)
+        pv_rows<NV>(sc + start, vc + table[blk] * block_size * slot_stride + koff, slot_stride,
+                    std::min(block_size, len - start), acc);
+      for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + h * D + 8 * v, acc[v]);
+    }
+  }
+#endif
 
   void attention(const Tensor& qkv, const Tensor& cache, int64_t num_decode, const Tensor& tables, const Tensor& lens,
                  const std::vector<std::vector<int64_t>>& prefills, const std::vector<Tensor>& prefill_tables,
@@ -391,8 +544,8 @@ class LlamaStack {
                                                /*enable_gqa=*/true);
       } else {
         const Tensor& table = prefill_tables[i];
-        Tensor kb = cache[0].index_select(0, table).view({-1, Hkv, D}).narrow(0, 0, ctx).transpose(0, 1);
-        Tensor vb = cache[1].index_select(0, table).view({-1, Hkv, D}).narrow(0, 0, ctx).transpose(0, 1);
+        Tensor kb = cache[0].index_select(0, table).view({-1, Hkv, D}).narrow(0, 0, ctx).to(at::kFloat).transpose(0, 1);
+        Tensor vb = cache[1].index_select(0, table).view({-1, Hkv, D}).narrow(0, 0, ctx).to(at::kFloat).transpose(0, 1);
         Tensor q_pos = at::arange(ctx - n, ctx, qkv.options().dtype(at::kLong));
         Tensor mask = at::arange(ctx, qkv.options().dtype(at::kLong)).unsqueeze(0) <= q_pos.unsqueeze(1);
         res = at::scaled_dot_product_attention(query, kb, vb, mask, 0.0, false, sm_scale, true);

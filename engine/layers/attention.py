@@ -54,8 +54,8 @@ def paged_attention(
 ) -> torch.Tensor:
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
     out = torch.empty_like(q)
 
     num_decode = meta.num_decode_tokens
@@ -64,6 +64,7 @@ def paged_attention(
         # (B * max_blocks, block_size, Hkv, D) -> (B, Hkv, L, D); index_select is a plain row copy
         keys = k_cache.index_select(0, meta.decode_block_ids).view(num_decode, length, num_kv_heads, head_dim)
         values = v_cache.index_select(0, meta.decode_block_ids).view(num_decode, length, num_kv_heads, head_dim)
+        keys, values = keys.to(q.dtype), values.to(q.dtype)  # no-ops unless the cache is float16
         query = q[:num_decode].unsqueeze(2)  # (B, Hq, 1, D)
         attn = F.scaled_dot_product_attention(query, keys.transpose(1, 2), values.transpose(1, 2),
                                               attn_mask=meta.decode_mask, scale=scale, enable_gqa=True)
@@ -78,6 +79,7 @@ def paged_attention(
         else:
             keys = k_cache.index_select(0, table).view(-1, num_kv_heads, head_dim)[:num_context].transpose(0, 1)
             values = v_cache.index_select(0, table).view(-1, num_kv_heads, head_dim)[:num_context].transpose(0, 1)
+            keys, values = keys.to(q.dtype), values.to(q.dtype)
             attn = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
         out[start : start + num_new] = attn.transpose(0, 1)
     return out

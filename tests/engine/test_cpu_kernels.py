@@ -18,7 +18,8 @@ kernels = cpu_kernels.load()
 pytestmark = pytest.mark.skipif(kernels is None, reason="the C++ kernels could not be built here")
 
 
-@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size", [(9, 3, 64, 16), (4, 4, 16, 4), (8, 2, 24, 8)])
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size",
+                         [(9, 3, 64, 16), (8, 2, 128, 16), (4, 4, 16, 4), (8, 2, 24, 8)])  # AVX2 path: 64, 128
 def test_decode_attention_matches_sdpa(num_heads, num_kv_heads, head_dim, block_size):
     torch.manual_seed(0)
     lens = torch.tensor([1, 5, block_size, block_size + 1, 3 * block_size + 7, 100])
@@ -129,3 +130,39 @@ def test_a_failed_build_falls_back_to_python(monkeypatch, tiny_llama, tmp_path, 
     assert "C++ CPU kernels unavailable" in caplog.text
     out = _run(engine, [[5, 17, 33]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
     assert len(out[0][0]) == 4
+
+
+def test_float16_cache_decode_attention_matches_sdpa_over_the_same_halves():
+    torch.manual_seed(1)
+    lens = torch.tensor([1, 17, 40, 64])
+    pool = torch.randn(2, 20, 16, 3, 64).half()
+    tables = torch.randperm(20)[:16].view(4, 4)
+    q = torch.randn(4, 9, 64)
+    stack = kernels.LlamaStack(9, 3, 64, 32, 64, 1e-5, torch.zeros(8, 64), torch.zeros(8, 64))
+    got = stack.decode_attention(q, pool, tables, lens)
+    for b, n in enumerate(lens.tolist()):
+        keys = pool[0][tables[b]].reshape(-1, 3, 64)[:n].float().transpose(0, 1)
+        values = pool[1][tables[b]].reshape(-1, 3, 64)[:n].float().transpose(0, 1)
+        want = F.scaled_dot_product_attention(q[b][:, None], keys, values, enable_gqa=True)[:, 0]
+        torch.testing.assert_close(got[b], want, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cpu_kernels_on", [False, True])
+def test_float16_cache_stays_close_to_float32(tiny_llama, cpu_kernels_on):
+    """Both paths store keys and values as float16 and attend in float32: the logprobs move by
+    the rounding of the cache only, and the pool holds twice the tokens in the same memory."""
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=3)
+    prompts = [[5, 17, 33, 2, 99], list(range(3, 40))]
+    exact = LLMEngine(EngineConfig(model=tiny_llama, num_threads=1, cpu_kernels=cpu_kernels_on,
+                                   kv_cache_memory_gb=0.01))
+    half = LLMEngine(EngineConfig(model=tiny_llama, num_threads=1, cpu_kernels=cpu_kernels_on,
+                                  kv_cache_memory_gb=0.01, kv_cache_dtype="float16"))
+    assert half.runner.kv_cache.dtype == torch.float16
+    assert abs(half.block_manager.num_blocks - 2 * exact.block_manager.num_blocks) <= 1  # integer division
+    for (w_ids, w_lps), (g_ids, g_lps) in zip(_run(exact, prompts, params), _run(half, prompts, params)):
+        assert len(g_ids) == 16
+        # compare while the two runs agree on the tokens (a near-tie may part them)
+        for lw, lg, tw, tg in zip(w_lps, g_lps, w_ids, g_ids):
+            if tw != tg:
+                break
+            assert abs(lg.logprob - lw.logprob) < 2e-2
