@@ -94,3 +94,22 @@ def test_quantization_flag_reaches_the_engine_config(monkeypatch):
     assert seen["c"].quantization is None  # exact weights unless asked
     with pytest.raises(ValueError):
         Settings(quantization="int4")
+
+
+def test_kv_cache_dtype_flag_and_env_reach_the_engine_config(monkeypatch):
+    from server import app as app_module
+
+    seen = {}
+    monkeypatch.setattr(app_module.AsyncEngine, "from_config", staticmethod(lambda config: seen.setdefault("c", config)))
+    app_module.build_engine(Settings(**vars(serve_parser().parse_args(["--kv-cache-dtype", "float16"]))))
+    assert seen["c"].kv_cache_dtype == "float16"
+    seen.clear()
+    monkeypatch.setenv("GPTSERVE_KV_CACHE_DTYPE", "float16")
+    app_module.build_engine(Settings())
+    assert seen["c"].kv_cache_dtype == "float16"
+    monkeypatch.delenv("GPTSERVE_KV_CACHE_DTYPE")
+    seen.clear()
+    app_module.build_engine(Settings())
+    assert seen["c"].kv_cache_dtype == "auto"  # the model's dtype unless asked
+    with pytest.raises(ValueError):
+        Settings(kv_cache_dtype="int4")
