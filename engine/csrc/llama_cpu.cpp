@@ -34,7 +34,9 @@ struct Linear {
   // y = x W^T (+ b). For int8, x's rows were divided by row_scale; multiply back here.
   Tensor operator()(const Tensor& x) const {
     RECORD_FUNCTION("gptserve::linear", c10::ArrayRef<const c10::IValue>{});
-    if (packed) return packed->apply_dynamic(x, /*reduce_range=*/true);
+    // rows already divided by their absolute maximum: a fixed [-1, 1] -> 0..127 quantization
+    // (engine/layers/quant.py's INPUT_SCALE), the same for a row alone or in any batch
+    if (packed) return packed->apply_with_input_q_dq_qweight_dq_output_fp32(x, 2.0 / 127, 64);
     return at::linear(x, weight, bias.defined() ? c10::optional<Tensor>(bias) : c10::nullopt);
   }
   bool int8() const { return static_cast<bool>(packed); }

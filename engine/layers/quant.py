@@ -93,12 +93,21 @@ def smooth_llama(model: nn.Module, maxima: dict[str, torch.Tensor], alpha: float
         model.norm.weight.div_(s.to(model.norm.weight.dtype))
 
 
+INPUT_SCALE, INPUT_ZERO_POINT = 2.0 / 127, 64  # [-1, 1] onto 0..127 (engine/csrc/llama_cpu.cpp too)
+
+
 class PerTokenInt8Linear(nn.Module):
     """torch's dynamic int8 linear, but with one activation scale per row (token).
 
     The op itself takes one scale per call; dividing each row by its own absolute maximum first
-    makes every row span [-1, 1], so that scale suits them all, and the product is multiplied
-    back afterwards (a linear map commutes with the row scaling). The bias is added last."""
+    makes every row span [-1, 1], and the product is multiplied back afterwards (a linear map
+    commutes with the row scaling). The bias is added last.
+
+    The activations are then quantized with a fixed scale for [-1, 1] (7 bits, 0..127 with zero
+    point 64: what torch's dynamic op picks for such a tensor, with its reduce_range that keeps
+    AVX2's 16-bit pair sums from saturating), not one derived from the batch's own min and max:
+    a row alone and the same row in any batch give the same bits, so a request's output does not
+    depend on what else is running."""
 
     def __init__(self, qlinear: nn.Module, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -107,7 +116,8 @@ class PerTokenInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = x.abs().amax(-1, keepdim=True).clamp_(min=1e-6)
-        y = self.qlinear(x / scale).mul_(scale)
+        y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            x / scale, INPUT_SCALE, INPUT_ZERO_POINT, self.qlinear._packed_params._packed_params).mul_(scale)
         return y if self.bias is None else y.add_(self.bias)
 
 
