@@ -88,6 +88,7 @@ def test_hostile_request_fields_do_not_reach_the_log_raw(start_server):
     server = start_server("--max-model-len", "256", "--log-level", "debug")
     evil_path = "/v1/completions%0A%5Bfake%5D%20injected%1B%5B31m%E2%80%A8"
     evil_model = '"m\\n[fake] injected\\u001b[31m\\u2028"'  # JSON escapes: the field holds the raw characters
+    responses = {}
     for path, body, user_agent in [
         ("/v1/completions", b'{"prompt": "hi", "max_tokens": 2, "model": ' + evil_model.encode() + b"}", b"ua"),
         ("/v1/completions", b'{"prompt": "hi", "max_tokens": 2}', b"agent\x1b[31m red \x9b\x85 end"),
@@ -100,8 +101,15 @@ def test_hostile_request_fields_do_not_reach_the_log_raw(start_server):
                 b"User-Agent: " + user_agent + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
         response = send(server.port, head + body)
         assert response.startswith(b"HTTP/1.1 "), response[:200]
+        responses[user_agent] = response
     server.stop()
     text = server.log.read_bytes().decode("utf-8", errors="replace")
-    assert "agent\\x1b[31m red \\x9b\\x85 end" in text, text[-3000:]  # logged (at debug), escaped
+    evil_agent = b"agent\x1b[31m red \x9b\x85 end"
+    if responses[evil_agent].startswith(b"HTTP/1.1 400"):
+        # httptools (uvicorn's parser when installed) refuses control characters in a header value,
+        # as RFC 9110 does: the request never reaches the app, and the log has only its warning
+        assert "red \\x9b" not in text and "Invalid HTTP request" in text, text[-3000:]
+    else:  # h11 lets it through: the app logs it (at debug), escaped
+        assert "agent\\x1b[31m red \\x9b\\x85 end" in text, text[-3000:]
     assert "completions%0A%5Bfake%5D%20injected%1B" in text, text[-3000:]  # the access log's line
     assert_no_raw_controls(text)
