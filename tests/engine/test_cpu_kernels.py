@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.layers import cpu_kernels
+from tests.engine.test_quant import prompt_logprobs
 
 kernels = cpu_kernels.load()
 pytestmark = pytest.mark.skipif(kernels is None, reason="the C++ kernels could not be built here")
@@ -96,17 +97,7 @@ def test_smollm2_int8_close_to_python_int8():
     python, native = _engines(None, max_model_len=512, quantization="int8")
     ids = python.tokenizer.encode("Photosynthesis is the process plants use to turn light, water and carbon "
                                   "dioxide into sugar and oxygen. Chlorophyll absorbs sunlight.")
-
-    def prompt_logprobs(engine):
-        engine.add_request("p", ids, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))
-        got = None
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                got = out.prompt_logprobs if out.prompt_logprobs is not None else got
-        return torch.tensor([lp.logprob for lp in got[1:]])
-
-    want, got = prompt_logprobs(python), prompt_logprobs(native)
-    print("mean logprob python", want.mean().item(), "C++", got.mean().item(), "mean |diff|", (want - got).abs().mean().item())
+    want, got = prompt_logprobs(python, ids), prompt_logprobs(native, ids)
     assert abs(want.mean() - got.mean()) < 0.1
     assert (want - got).abs().mean() < 0.5
 
