@@ -56,21 +56,19 @@ class Generation:
             self._queue.put_nowait((k, None, exc))
 
     async def _next(self) -> tuple[int, RequestOutput | None, Exception | None]:
-        deadline = self.ticket.deadline if self.ticket is not None else None
-        if deadline is None:
-            return await self._queue.get()
-        try:
-            return await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            await self._timed_out()
+        return await self._before_deadline(self._queue.get())
 
     async def _next_single(self) -> RequestOutput:
         """The single prompt's next output (StopAsyncIteration at its end), under the deadline."""
+        return await self._before_deadline(self._stream.__anext__())
+
+    async def _before_deadline(self, awaitable):
+        """Await it, or past the request's deadline abort everything and raise the 408."""
         deadline = self.ticket.deadline if self.ticket is not None else None
         if deadline is None:
-            return await self._stream.__anext__()
+            return await awaitable
         try:
-            return await asyncio.wait_for(self._stream.__anext__(), max(0.0, deadline - time.monotonic()))
+            return await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             await self._timed_out()
 
