@@ -37,7 +37,7 @@ COMPLETION_ECHO_SCHEMAS = {"CreateCompletionResponse": "CreateCompletionEchoResp
 
 def spec_path() -> Path:
     env = os.environ.get("GPTSERVE_SPEC")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "spec" / "openai-openapi.yaml"
+    return Path(env) if env else REPO_ROOT / "tests" / "spec" / "openai-openapi.yaml"
 
 
 def _nullable_to_31(node: Any) -> Any:
