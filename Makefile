@@ -7,6 +7,9 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+SHELL  := /bin/bash
+# when make started, so `make test` can say how long it took, installs included
+START  := $(shell date +%s)
 
 .PHONY: install install-test serve test clean
 
@@ -36,7 +39,12 @@ test: install-test
 	# nginx and docker-compose (apt, when root) and hadolint for tests/deploy; skips what it cannot do
 	bash scripts/install-test-tools.sh
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@set -o pipefail; pytest_start=$$(date +%s); \
+	$(PY) -m pytest -q $(PYTEST_ARGS) 2>&1 | tee .pytest-last.log; status=$$?; \
+	now=$$(date +%s); \
+	echo "make test took $$((now - $(START))) s in all, pytest $$((now - pytest_start)) s; pytest exited $$status"; \
+	tail -n 1 .pytest-last.log; \
+	exit $$status
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .pytest-last.log

@@ -6,13 +6,14 @@
 import os
 
 from openai import OpenAI
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class City(BaseModel):
-    name: str
-    country: str
-    population_millions: float
+    # Bounds keep a small model from writing digits until max_tokens (README: Structured output).
+    name: str = Field(max_length=40)
+    country: str = Field(max_length=40)
+    population_millions: float = Field(ge=0, le=100)
 
 
 client = OpenAI(base_url=os.environ.get("GPTSERVE_BASE_URL", "http://127.0.0.1:8000/v1"),
