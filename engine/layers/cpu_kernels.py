@@ -3,8 +3,12 @@
 Built on first use with torch.utils.cpp_extension (the machine's C++ compiler and the ``ninja``
 package), for this CPU (-march=native), into ``$GPTSERVE_KERNEL_CACHE`` (default
 ``~/.cache/gptserve/kernels``), in a folder named by the source, torch version and CPU, so a
-change to any of them builds afresh; a later process only loads the built library. A build
-takes about a minute on 2 cores; concurrent processes wait for one build (torch's file lock).
+change to any of them builds afresh (the source's location too: two clones never take turns
+rebuilding one folder); a later process only loads the built library. A build takes about a
+minute on 2 cores; concurrent processes wait for one build. torch's own build lock is a file
+that a killed builder leaves behind, and every later start would wait on it forever, so the build
+runs under an ``flock`` of ours (freed by the kernel when its holder dies), which clears such a
+leftover before building.
 
 When it cannot be built (no compiler, say) ``load()`` returns None, says why once in the log, and
 the model runs its Python path: the C++ stack is an optimization, never a requirement.
@@ -12,6 +16,7 @@ the model runs its Python path: the C++ stack is an optimization, never a requir
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -45,6 +50,7 @@ def _cpu_id() -> str:
 def _build_dir() -> tuple[str, Path]:
     key = hashlib.sha256()
     key.update(_SOURCE.read_bytes())
+    key.update(str(_SOURCE).encode())
     key.update(torch.__version__.encode())
     key.update(platform.machine().encode())
     key.update(_cpu_id().encode())
@@ -69,8 +75,11 @@ def load():
 
             name, path = _build_dir()
             flags = ["-O3", "-fopenmp", "-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native"]
-            _module = build(name=name, sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                            build_directory=str(path), verbose=False)
+            with open(path / "gptserve.lock", "w") as held:
+                fcntl.flock(held, fcntl.LOCK_EX)  # no other live process is building here now
+                (path / "lock").unlink(missing_ok=True)  # torch's, left by a builder that was killed
+                _module = build(name=name, sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                                build_directory=str(path), verbose=False)
         except Exception as exc:  # no compiler, no ninja, a failed build: the Python path serves
             _failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
             log.warning("C++ CPU kernels unavailable, using the Python path (%s)", _failed)

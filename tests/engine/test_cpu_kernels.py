@@ -157,3 +157,17 @@ def test_float16_cache_stays_close_to_float32(tiny_llama, cpu_kernels_on):
             if tw != tg:
                 break
             assert abs(lg.logprob - lw.logprob) < 2e-2
+
+
+
+def test_a_killed_builders_lock_does_not_hang_the_next_start(monkeypatch):
+    """torch's build lock is a plain file; a builder killed mid-build leaves it behind, and torch
+    would wait on it forever. The next load clears it (under a lock of ours) and loads."""
+    if kernels is None:
+        pytest.skip("the C++ kernels cannot be built here")
+    _, path = cpu_kernels._build_dir()
+    monkeypatch.setattr(cpu_kernels, "_module", None)
+    monkeypatch.setattr(cpu_kernels, "_failed", None)
+    (path / "lock").touch()
+    assert cpu_kernels.load() is not None, cpu_kernels._failed
+    assert not (path / "lock").exists()
