@@ -13,7 +13,7 @@ class City(BaseModel):
     # Bounds keep a small model from writing digits until max_tokens (README: Structured output).
     name: str = Field(max_length=40)
     country: str = Field(max_length=40)
-    population_millions: float = Field(ge=0, le=100)
+    population_millions: int = Field(ge=0, le=100)
 
 
 client = OpenAI(base_url=os.environ.get("GPTSERVE_BASE_URL", "http://127.0.0.1:8000/v1"),

@@ -10,18 +10,15 @@ import sys
 
 import pytest
 
-from tests.ui.live_server import REPO, start_live_server
+from tests.live_server import API_KEY, REPO, SERVED_NAMES
 
 EXAMPLES = REPO / "clients" / "examples"
-API_KEY = "examples-key"
-MODEL = "SmolLM2-135M-Instruct"
+MODEL = SERVED_NAMES[0]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = start_live_server(tmp_path_factory.mktemp("examples") / "server.log", API_KEY, [MODEL])
-    yield server
-    server.stop()
+def server(live_server):
+    return live_server
 
 
 def run_example(server, *argv: str) -> str:

@@ -1,5 +1,6 @@
-"""One real gptserve process for all end-to-end tests (loading the model takes seconds), with an
-API key set through the environment; and openai 0.28 installed apart for the legacy snippet."""
+"""End-to-end tests talk to the run's one live server on the built-in model (tests/conftest.py's
+``live_server``), with an API key set through the environment; and openai 0.28 installed apart
+for the legacy snippet."""
 from __future__ import annotations
 
 import os
@@ -10,21 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_process import REPO, free_port, running_server  # noqa: F401 - free_port: others import it here
+from tests.live_server import API_KEY, SERVED_NAMES  # noqa: F401 - others import them here
+from tests.server_process import REPO, free_port  # noqa: F401 - free_port: others import it here
 
-API_KEY = "e2e-test-key"
-SERVED_NAMES = ["SmolLM2-135M-Instruct", "davinci-codex", "gpt-4"]
 OPENAI_028_DIR = Path(os.environ.get("GPTSERVE_OPENAI028_DIR", "/tmp/gptserve-openai028"))
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory) -> str:
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    args = ["--served-model-name", *SERVED_NAMES, "--max-model-len", "2048", "--kv-cache-memory-gb", "0.5",
-            "--max-num-seqs", "16"]
-    with running_server(args, {"GPTSERVE_API_KEY": f"other-key,{API_KEY}"}, log_path=log, poll=0.5) as (url, _, _):
-        yield url
-    assert API_KEY not in log.read_text(), "the API key leaked into the log"
+def server_url(live_server) -> str:
+    return live_server.url
 
 
 @pytest.fixture(scope="session")

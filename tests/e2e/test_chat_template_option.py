@@ -1,10 +1,12 @@
-"""--chat-template: a Jinja2 file replaces the model's own template (a server of its own)."""
+"""--chat-template: a Jinja2 file replaces the model's own template (a server of its own, on a
+tiny random model: only the rendering is under test)."""
 from __future__ import annotations
 
 import httpx
 import pytest
 
 from tests.server_process import running_server
+from tests.tiny_models import write_tiny_hf_model
 
 TEMPLATE = ("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
             "{% if enable_thinking %}[think]\n{% endif %}{% if add_generation_prompt %}[assistant] {% endif %}")
@@ -16,7 +18,8 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 def custom_http(tmp_path_factory):
     folder = tmp_path_factory.mktemp("template")
     (folder / "template.jinja").write_text(TEMPLATE)
-    args = ["--chat-template", str(folder / "template.jinja"), "--served-model-name", "custom",
+    model = write_tiny_hf_model(str(folder / "tiny"), seed=0)
+    args = ["--model", model, "--chat-template", str(folder / "template.jinja"), "--served-model-name", "custom",
             "--max-model-len", "512", "--kv-cache-memory-gb", "0.1", "--max-num-seqs", "4"]
     with running_server(args, {"GPTSERVE_API_KEY": KEY}, log_path=folder / "server.log") as (url, _, _):
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as client:

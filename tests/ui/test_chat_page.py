@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ui.live_server import REPO, start_live_server
+from tests.live_server import API_KEY, REPO, SERVED_NAMES
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 CHROMIUM = os.environ.get("GPTSERVE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -25,8 +25,7 @@ if not CHROMIUM:
     pytest.skip("chromium is not installed (apt-get install chromium; `make test` does it as root)",
                 allow_module_level=True)
 
-API_KEY = "ui-test-key"
-MODELS = ["SmolLM2-135M-Instruct", "other-name"]
+MODELS = SERVED_NAMES  # all the built-in model; the picker lists them in this order
 # the closed network: no background fetches, updates, sync or QUIC probes
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -34,10 +33,8 @@ SCREENSHOT = REPO / "docs" / "chat-page.png"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = start_live_server(tmp_path_factory.mktemp("ui") / "server.log", API_KEY, MODELS)
-    yield server
-    server.stop()
+def server(live_server):
+    return live_server
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +98,7 @@ def test_page_is_public_but_the_api_needs_the_key(server, page):
     assert page.is_hidden("#error")
     # kept in the browser: a reload still has the key and the models
     page.reload()
-    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.wait_for_function(f"document.querySelectorAll('#model option').length === {len(MODELS)}")
     assert page.input_value("#api-key") == API_KEY
 
 
@@ -123,7 +120,7 @@ def test_page_waits_while_the_model_loads(server, browser_context):
     page.route("**/v1/models", models)
     page.goto(server.url + "/")
     page.wait_for_function("document.querySelector('#error').textContent.includes('loading')")
-    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.wait_for_function(f"document.querySelectorAll('#model option').length === {len(MODELS)}")
     assert page.is_hidden("#error") and len(calls) >= 2
     page.close()
 
@@ -194,14 +191,14 @@ def test_stop_aborts_the_generation_on_the_server(server, page):
 def test_model_picker_switches_the_requests_model(server, page):
     enter_key(page)
     set_value(page, "#max-tokens", 8)
-    page.select_option("#model", "other-name")
+    page.select_option("#model", MODELS[1])
     with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as request_info:
         ask(page, "Say hello.")
     body = request_info.value.post_data_json
-    assert body["model"] == "other-name" and body["stream"] is True and body["max_tokens"] == 8
+    assert body["model"] == MODELS[1] and body["stream"] is True and body["max_tokens"] == 8
     assert request_info.value.headers["authorization"] == f"Bearer {API_KEY}"
     page.wait_for_selector(".message.assistant[data-state=done]")
-    assert answer(page).get_attribute("data-model") == "other-name"  # the model the stream named
+    assert answer(page).get_attribute("data-model") == MODELS[1]  # the model the stream named
 
     page.select_option("#model", MODELS[0])
     with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as request_info:
@@ -213,7 +210,7 @@ def test_model_picker_switches_the_requests_model(server, page):
     page.wait_for_function("document.querySelectorAll('.message.assistant[data-state=done]').length === 2")
     assert answer(page).get_attribute("data-model") == MODELS[0]
     page.reload()
-    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.wait_for_function(f"document.querySelectorAll('#model option').length === {len(MODELS)}")
     assert page.input_value("#model") == MODELS[0]
 
 
