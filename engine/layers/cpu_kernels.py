@@ -3,8 +3,9 @@
 Built on first use with torch.utils.cpp_extension (the machine's C++ compiler and the ``ninja``
 package), for this CPU (-march=native), into ``$GPTSERVE_KERNEL_CACHE`` (default
 ``~/.cache/gptserve/kernels``), in a folder named by the source, torch version and CPU, so a
-change to any of them builds afresh (the source's location too: two clones never take turns
-rebuilding one folder); a later process only loads the built library. A build takes about a
+change to any of them builds afresh; a later process only loads the built library. The sources
+are compiled from a copy inside that folder, so every clone or install of the same source shares
+one build instead of taking turns rebuilding it. A build takes about a
 minute on 2 cores; concurrent processes wait for one build. torch's own build lock is a file
 that a killed builder leaves behind, and every later start would wait on it forever, so the build
 runs under an ``flock`` of ours (freed by the kernel when its holder dies), which clears such a
@@ -50,7 +51,6 @@ def _cpu_id() -> str:
 def _build_dir() -> tuple[str, Path]:
     key = hashlib.sha256()
     key.update(_SOURCE.read_bytes())
-    key.update(str(_SOURCE).encode())
     key.update(torch.__version__.encode())
     key.update(platform.machine().encode())
     key.update(_cpu_id().encode())
@@ -59,6 +59,18 @@ def _build_dir() -> tuple[str, Path]:
     path = root / digest
     path.mkdir(parents=True, exist_ok=True)
     return f"gptserve_llama_cpu_{digest}", path
+
+
+def _copy_sources(folder: Path) -> Path:
+    """engine/csrc copied into ``folder`` (a file rewritten only when it differs: ninja goes by
+    modification times); returns the main source's copy."""
+    folder.mkdir(exist_ok=True)
+    for path in _SOURCE.parent.iterdir():
+        if path.is_file():
+            copy, data = folder / path.name, path.read_bytes()
+            if not copy.exists() or copy.read_bytes() != data:
+                copy.write_bytes(data)
+    return folder / _SOURCE.name
 
 
 def load():
@@ -78,7 +90,8 @@ def load():
             with open(path / "gptserve.lock", "w") as held:
                 fcntl.flock(held, fcntl.LOCK_EX)  # no other live process is building here now
                 (path / "lock").unlink(missing_ok=True)  # torch's, left by a builder that was killed
-                _module = build(name=name, sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                source = _copy_sources(path / "src")
+                _module = build(name=name, sources=[str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                                 build_directory=str(path), verbose=False)
         except Exception as exc:  # no compiler, no ninja, a failed build: the Python path serves
             _failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
