@@ -21,6 +21,7 @@ from server.metrics import ServerMetrics
 from server.protocol_chat import ChatCompletionRequest
 from server.protocol_completions import CompletionRequest
 from server.reasoning import reasoning_parser_for
+from server.tool_formats import tool_format_for
 from server.serving_chat import ChatServing
 from server.serving_chunks import Chunks
 from server.serving_completions import CompletionServing
@@ -47,6 +48,8 @@ class OpenAIServing:
         self.structured = StructuredOutput.for_engine(engine)  # grammars for structured output and tools
         # the <think> parser for a reasoning model (server/reasoning.py), None for the others
         self.reasoning_parser = reasoning_parser_for(reasoning_parser, getattr(self.tokenizer, "chat_template", None))
+        # how the model writes tool calls, from its template (server/tool_formats.py)
+        self.tool_format = tool_format_for(getattr(self.tokenizer, "chat_template", None))
 
     async def is_healthy(self) -> bool:
         """The engine loop answers (a hung or dead loop does not)."""

@@ -13,7 +13,8 @@ from server.errors import bad_request
 from server.reasoning import ReasoningStream, split_reasoning, starts_in_thinking, thinking_kwargs
 from server.serving_chunks import Chunks, json_string
 from server.serving_logprobs import TokenStrings, chat_logprobs
-from server.tools import ToolCallStream, ToolSettings, parse_tool_calls, render_messages
+from server.tool_formats import parse_calls, tool_stream
+from server.tools import ToolSettings, render_messages
 
 if TYPE_CHECKING:
     from server.serving import OpenAIServing
@@ -87,6 +88,7 @@ class ChatServing:
         prompts = [ids]
         params = serving.check_request(request, prompts, "messages")
         tools = request.tool_settings()
+        tools.format = serving.tool_format
         # a reasoning model thinks first: grammars (structured output, forced tool calls) hold after </think>
         is_thinking = parser is not None and starts_in_thinking(text)
         thinking = None if parser is None else "inside" if is_thinking else "may_open"
@@ -110,7 +112,7 @@ class ChatChunks(Chunks):
         super().__init__(*args, **kwargs)
         self.logprobs: dict[int, list[pc.ChatTokenLogprob]] = {}
         self.tools = tools
-        self.tool_streams: dict[int, ToolCallStream] = {}
+        self.tool_streams: dict = {}  # index → ToolCallStream or JSONToolCallStream
         self.reasoning = reasoning
         self.reasoning_streams: dict[int, ReasoningStream] = {}
         self.is_parsed = tools is not None or reasoning is not None  # not the hot path's plain text
@@ -132,7 +134,7 @@ class ChatChunks(Chunks):
             thought = thought or None
         if self.tools is None:
             return pc.DeltaMessage(content=text or None, reasoning_content=thought, reasoning=thought)
-        stream = self.tool_streams.setdefault(index, ToolCallStream(self.tools.names))
+        stream = self.tool_streams.get(index) or self.tool_streams.setdefault(index, tool_stream(self.tools))
         content, calls = stream.feed(text)
         if is_finished:
             rest, more = stream.finish()
@@ -190,7 +192,7 @@ class ChatChunks(Chunks):
         if self.tools is None:
             content = text or None if thought is not None else text  # all thinking: no answer (null)
             return pc.ResponseMessage(content=content, reasoning_content=thought, reasoning=thought), reason
-        content, calls = parse_tool_calls(text, self.tools.names)
+        content, calls = parse_calls(text, self.tools)
         content = content or None if thought is not None else content
         calls = calls if self.tools.parallel else calls[:1]
         reason = self._finish_reason(index, reason, len(calls))

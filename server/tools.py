@@ -63,6 +63,7 @@ class ToolSettings:
     function_name: str | None = None  # the named function when choice == "function"
     parallel: bool = True
     legacy_functions: bool = False  # came as `functions` / `function_call`: answer with message.function_call
+    format: str = "hermes"  # how the model writes calls: hermes, llama3 or mistral (server/tool_formats.py)
 
     @property
     def is_active(self) -> bool:
