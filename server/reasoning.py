@@ -17,6 +17,8 @@ is held back until it is known not to be. White space around the thinking is not
 """
 from __future__ import annotations
 
+import re
+
 OPEN, CLOSE = "<think>", "</think>"
 PARSERS = ("auto", "none", "deepseek_r1", "qwen3")
 THINK_PARSERS = ("deepseek_r1", "qwen3")  # both: the <think> parser below
@@ -45,7 +47,8 @@ def starts_in_thinking(prompt: str) -> bool:
 def template_switches(chat_template: str | None) -> set[str]:
     """The thinking switches a chat template reads (Qwen3: enable_thinking)."""
     template = chat_template or ""
-    return {name for name in ("enable_thinking", "thinking", "reasoning_effort") if name in template}
+    return {name for name in ("enable_thinking", "thinking", "reasoning_effort")
+            if re.search(rf"(?<![\w.]){name}(?!\w)", template)}  # a variable: "thinking" is not enable_thinking
 
 
 def thinking_kwargs(chat_template: str | None, reasoning_effort: str | None, kwargs: dict) -> dict:

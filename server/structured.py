@@ -210,7 +210,7 @@ class StructuredOutput:
     def guide(self, spec: GrammarSpec, thinking: str | None = None) -> LLGuide:
         """A fresh guide at the grammar's start; GrammarError (a 400) if it does not compile."""
         grammar = self.grammar(spec)
-        if thinking is not None:
+        if thinking is not None and "think>" not in str(spec.value):  # else it spells the thinking itself
             grammar = with_thinking(grammar, thinking)
         with self._lock:
             matcher = self._cache.get(grammar)

@@ -116,7 +116,7 @@ def render_messages(messages: list[dict], settings: ToolSettings, template_knows
             text = m.get("content") or ""
             out.append({"role": "assistant", "content": f"{text}\n{calls}" if text else calls})
         else:
-            out.append({k: v for k, v in m.items() if k in ("role", "content", "name")})
+            out.append({k: v for k, v in m.items() if k in ("role", "content", "name", "reasoning_content")})
     if tools:
         listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
         prompt = TOOLS_SYSTEM_PROMPT.format(tools=listing)
