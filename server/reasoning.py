@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+from server.tools import partial_suffix
+
 OPEN, CLOSE = "<think>", "</think>"
 PARSERS = ("auto", "none", "deepseek_r1", "qwen3")
 THINK_PARSERS = ("deepseek_r1", "qwen3")  # both: the <think> parser below
@@ -65,14 +67,6 @@ def thinking_kwargs(chat_template: str | None, reasoning_effort: str | None, kwa
         if name in switches:
             out.setdefault(name, reasoning_effort != "none")
     return out
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-n:]):
-            return n
-    return 0
 
 
 class ReasoningStream:
@@ -122,7 +116,7 @@ class ReasoningStream:
                     self.num_reasoning_tokens = num_tokens
                     continue
                 # hold back what may start </think>, and trailing white space (shown only if more follows)
-                keep = _partial_suffix(self.buf, CLOSE)
+                keep = partial_suffix(self.buf, CLOSE)
                 shown = self.buf[: len(self.buf) - keep].rstrip()
                 reasoning += shown
                 self.buf = self.buf[len(shown):]

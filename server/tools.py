@@ -214,7 +214,7 @@ class ToolCallStream:
             if i >= 0:
                 content, self.buf, self.mode = self.buf[:i], self.buf[i + len(OPEN):], "head"
                 return True, content, []
-            keep = _partial_suffix(self.buf, OPEN)
+            keep = partial_suffix(self.buf, OPEN)
             content, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep:]
             return False, content, []
         if self.mode == "head":
@@ -294,7 +294,7 @@ class ToolCallStream:
         return "", [start, self._arguments_delta(json.dumps(arguments, ensure_ascii=False))]
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if tag.startswith(text[-n:]):

@@ -184,3 +184,46 @@ def test_history_reasoning_reaches_the_template():
     with client:
         assert client.post(CHAT, json={"messages": history, "max_tokens": 1}).status_code == 200
     assert seen[-1][1] == {"role": "assistant", "content": "Paris.", "reasoning_content": THOUGHT}
+
+
+# ----- grammars after the thinking (llguidance, on a real tokenizer) -----
+
+@pytest.fixture(scope="module")
+def structured(tmp_path_factory):
+    from engine import Tokenizer
+    from server.structured import StructuredOutput
+    from tests.tiny_models import make_tiny_tokenizer_files
+
+    tokenizer = Tokenizer.load(make_tiny_tokenizer_files(str(tmp_path_factory.mktemp("tok"))))
+    return StructuredOutput(tokenizer, tokenizer.vocab_size), tokenizer
+
+
+def accepts(structured, spec, thinking: str | None, text: str) -> bool:
+    so, tokenizer = structured
+    guide = so.guide(spec, thinking)
+    return all(guide.accept(t) for t in tokenizer.encode(text, add_special_tokens=False)) and \
+        guide.matcher.is_accepting()
+
+
+@pytest.mark.parametrize("thinking,text,ok", [
+    ("may_open", '<think>\nIt wants {"a": 2}.\n</think>\n\n{"a": 1}', True),  # JSON in the thinking is free text
+    ("may_open", '{"a": 1}', True),  # a model may answer without thinking
+    ("may_open", 'Sure: {"a": 1}', False),  # but the answer itself is held to the schema
+    ("inside", 'It wants a one.\n</think>\n\n{"a": 1}', True),  # the prompt opened <think>
+    ("inside", '{"a": 1}', False),  # still thinking: not finished
+    (None, '<think>x</think>{"a": 1}', False),  # a model that does not reason: the schema from the start
+])
+def test_structured_output_holds_after_the_thinking(structured, thinking, text, ok):
+    from server.structured import GrammarSpec
+
+    spec = GrammarSpec("json", {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                       "response_format")
+    assert accepts(structured, spec, thinking, text) is ok
+
+
+def test_a_grammar_that_spells_the_thinking_is_used_as_given(structured):
+    from server.structured import GrammarSpec
+
+    spec = GrammarSpec("regex", r"<think>\n[a-z]+\n</think>\n\nParis\.", "structured_outputs")
+    assert accepts(structured, spec, "may_open", "<think>\nhmm\n</think>\n\nParis.")
+    assert not accepts(structured, spec, "may_open", "Paris.")
