@@ -121,16 +121,15 @@ class ChatChunks(Chunks):
         chunks = super().update(k, out)
         if not self.is_parsed:
             return chunks
-        # text held back by a parser (a call's "<tool_call>\n{", a "</thi" …) makes no chunk
-        return [c for c in chunks if any(ch["delta"] or ch["logprobs"] or ch["finish_reason"] for ch in c["choices"])]
+        # text held back by a parser (a call's "<tool_call>\n{", a "</thi" …) makes no chunk (None, or an empty delta)
+        return [c for c in chunks if c is not None and (c.__class__ is str or any(
+            ch["delta"] or ch["logprobs"] or ch["finish_reason"] for ch in c["choices"]))]
 
     def _delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
         """Text → delta: the thinking split off first, then tool calls parsed out of the answer."""
         thought = None
         if self.reasoning is not None:
-            stream = self.reasoning_streams.setdefault(index, ReasoningStream(self.reasoning))
-            num_tokens = self.num_tokens.get(index, 0)
-            thought, text = stream.finish(num_tokens) if is_finished else stream.feed(text, num_tokens)
+            thought, text = self._split(index, text, is_finished)
             thought = thought or None
         if self.tools is None:
             return pc.DeltaMessage(content=text or None, reasoning_content=thought, reasoning=thought)
@@ -150,6 +149,13 @@ class ChatChunks(Chunks):
         return pc.DeltaMessage(content=content or None, reasoning_content=thought, reasoning=thought,
                                tool_calls=[pc.ToolCallDelta.model_validate(c) for c in calls] or None)
 
+    def _split(self, index: int, text: str, is_finished: bool = False) -> tuple[str, str]:
+        """The choice's new text → (thinking, answer) pieces."""
+        stream = self.reasoning_streams.get(index) or \
+            self.reasoning_streams.setdefault(index, ReasoningStream(self.reasoning))
+        num_tokens = self.num_tokens.get(index, 0)
+        return stream.finish(num_tokens) if is_finished else stream.feed(text, num_tokens)
+
     def _finish_reason(self, index: int, reason: str, num_calls: int) -> str:
         if not num_calls or reason != "stop":
             return reason
@@ -164,11 +170,20 @@ class ChatChunks(Chunks):
         return [self._chunk([pc.ChatStreamChoice(index=i, delta=pc.DeltaMessage(role="assistant", content=""))])
                 for i in range(self.n)]
 
-    def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str:
-        if self.num_logprobs is None and not self.is_parsed:
+    def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str | None:
+        if self.num_logprobs is None and self.tools is None:
             # the hot path: the JSON text of the chunk built below, written directly
-            return (f'{self.chunk_head("chat.completion.chunk")}{{"index": {index}, "delta": {{"content": '
-                    f'{json_string(text)}}}, "logprobs": null, "finish_reason": null}}]}}')
+            if self.reasoning is None:
+                delta = f'"content": {json_string(text)}'
+            else:  # DeltaMessage's fields in its order, the empty ones left out
+                thought, text = self._split(index, text)
+                if not (thought or text):
+                    return None  # held back
+                thought = json_string(thought) if thought else ""
+                delta = ", ".join([*([f'"content": {json_string(text)}'] if text else []),
+                                   *([f'"reasoning_content": {thought}, "reasoning": {thought}'] if thought else [])])
+            return (f'{self.chunk_head("chat.completion.chunk")}{{"index": {index}, "delta": {{{delta}}}, '
+                    f'"logprobs": null, "finish_reason": null}}]}}')
         piece = None
         if self.num_logprobs is not None:
             content = chat_logprobs(self.strings, logprobs, self.num_logprobs)
