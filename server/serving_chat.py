@@ -8,8 +8,8 @@ from fastapi.responses import JSONResponse
 
 from engine import TokenLogprob
 from server import protocol_chat as pc
-from server import protocol as p
 from server.errors import bad_request
+from server.protocol import CompletionTokensDetails, UsageInfo
 from server.reasoning import ReasoningStream, split_reasoning, starts_in_thinking, thinking_kwargs
 from server.serving_chunks import Chunks, json_string
 from server.serving_logprobs import TokenStrings, chat_logprobs
@@ -220,11 +220,11 @@ class ChatChunks(Chunks):
         return pc.ResponseMessage(content=content, tool_calls=tool_calls or None,
                                   reasoning_content=thought, reasoning=thought), reason
 
-    def usage(self) -> p.UsageInfo:
+    def usage(self) -> UsageInfo:
         usage = super().usage()
         if self.reasoning is not None:
             num = sum(s.num_reasoning_tokens for s in self.reasoning_streams.values())
-            usage.completion_tokens_details = p.CompletionTokensDetails(reasoning_tokens=num)
+            usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=num)
         return usage
 
     def usage_chunk(self) -> dict:
