@@ -167,7 +167,7 @@ class UsageInfo(ResponseModel):
 class ModelCard(ResponseModel):
     """The spec's Model; the fields after ``owned_by`` are extensions (as vLLM adds max_model_len)."""
 
-    omit_if_none = frozenset({"architecture", "quantization", "context_length", "reasoning"})
+    omit_if_none = frozenset({"architecture", "quantization", "context_length", "reasoning", "reasoning_parser"})
     id: str
     object: Literal["model"] = "model"
     created: int

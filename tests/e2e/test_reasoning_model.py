@@ -151,4 +151,4 @@ def test_default_model_card(http):
     card = http.get("/v1/models").json()["data"][0]
     validate(card, "Model")
     assert (card["architecture"], card["quantization"], card["reasoning"]) == ("llama", "Q4_1", False)
-    assert card["context_length"] == card["max_model_len"] == 2048 and card["reasoning_parser"] is None
+    assert card["context_length"] == card["max_model_len"] == 2048 and "reasoning_parser" not in card

@@ -227,3 +227,17 @@ def test_a_grammar_that_spells_the_thinking_is_used_as_given(structured):
     spec = GrammarSpec("regex", r"<think>\n[a-z]+\n</think>\n\nParis\.", "structured_outputs")
     assert accepts(structured, spec, "may_open", "<think>\nhmm\n</think>\n\nParis.")
     assert not accepts(structured, spec, "may_open", "Paris.")
+
+
+def test_model_card_says_whether_the_model_thinks():
+    engine, client = reasoning_client(SCRIPT)
+    engine.quantization = "Q4_K"
+    with client:
+        card = client.get("/v1/models/gpt-4").json()
+    validate(card, "Model")
+    assert (card["reasoning"], card["reasoning_parser"], card["quantization"]) == (True, "qwen3", "Q4_K")
+    assert card["context_length"] == card["max_model_len"] == engine.max_model_len
+    engine, client = reasoning_client(SCRIPT, parser="none")
+    with client:
+        card = client.get("/v1/models/gpt-4").json()
+    assert card["reasoning"] is False and "reasoning_parser" not in card
