@@ -83,6 +83,11 @@ class AsyncEngine:
         return self.engine.max_model_len
 
     @property
+    def quantization(self) -> str:
+        """The weights' format as served: "int8", or the file's ("Q4_1", "BF16", "F32" …)."""
+        return self.engine.quantization
+
+    @property
     def device(self) -> str:
         return str(self.engine.device)
 

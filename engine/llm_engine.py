@@ -19,6 +19,7 @@ from engine.layers.attention import AttentionMetadata
 from engine.layers.cpu_kernels import build_llama_stack
 from engine.layers.quant import CALIBRATION_TEXT, quantize_int8
 from engine.loader import default_model_path, load_checkpoint
+from engine.loader.weights_format import weights_format
 from engine.model_runner import ModelRunner
 from engine.models.llama import LlamaForCausalLM
 from engine.outputs import CompletionOutput, RequestOutput
@@ -114,6 +115,8 @@ class LLMEngine:
         self.max_batch_size_seen = 0
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
+        # /v1/models' quantization: the weights as served (int8 layers), else as the file stores them
+        self.quantization = config.quantization or weights_format(path)
         self.load_seconds = time.perf_counter() - t0
         logger.info(
             "loaded %s in %.1fs: %s, %s, %d KV blocks of %d tokens (%d tokens)",

@@ -10,6 +10,7 @@ import os
 from datetime import datetime
 
 import jinja2
+import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
@@ -105,6 +106,18 @@ def _token_content(value) -> str | None:
 def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
     """HF's tojson: unlike Jinja's own, it neither HTML-escapes nor sorts keys."""
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """``{% generation %}…{% endgeneration %}`` (transformers' marker of the assistant's tokens
+    for training masks, in templates such as SmolLM3's): rendered as its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body, lineno=lineno)
 
 
 def _raise_exception(message: str):
@@ -261,7 +274,7 @@ class Tokenizer:
         try:
             if self._template is None:
                 env = ImmutableSandboxedEnvironment(
-                    trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+                    trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", _GenerationTag]
                 )
                 env.filters["tojson"] = _tojson
                 env.globals["raise_exception"] = _raise_exception

@@ -151,21 +151,34 @@ class PromptTokensDetails(ResponseModel):
     cached_tokens: int = 0
 
 
+class CompletionTokensDetails(ResponseModel):
+    reasoning_tokens: int = 0  # the thinking's tokens (reasoning models), counted in completion_tokens
+
+
 class UsageInfo(ResponseModel):
-    omit_if_none = frozenset({"prompt_tokens_details"})
+    omit_if_none = frozenset({"prompt_tokens_details", "completion_tokens_details"})
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class ModelCard(ResponseModel):
+    """The spec's Model; the fields after ``owned_by`` are extensions (as vLLM adds max_model_len)."""
+
+    omit_if_none = frozenset({"architecture", "quantization", "context_length", "reasoning", "reasoning_parser"})
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "gptserve"
     max_model_len: int | None = None
     task: Literal["generate", "embed"] = "generate"  # extension: what the model serves
+    architecture: str | None = None  # the model family: "llama", "qwen2", "qwen3", "gemma3" …
+    quantization: str | None = None  # the weights' format as served: "Q4_1", "F32", "BF16", "int8" …
+    context_length: int | None = None  # tokens of context (prompt + completion), the same as max_model_len
+    reasoning: bool | None = None  # the model thinks apart from its answer (message.reasoning_content)
+    reasoning_parser: str | None = None  # which parser splits the thinking off ("qwen3", "deepseek_r1")
 
 
 class ModelList(ResponseModel):

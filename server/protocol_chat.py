@@ -40,6 +40,10 @@ class ChatMessage(RequestModel):
     tool_calls: list[ToolCallInMessage] | None = None  # an assistant's earlier calls
     tool_call_id: str | None = None  # a tool message: the call it answers
     function_call: FunctionCallInMessage | None = None  # the deprecated single-call form of tool_calls
+    # an assistant's earlier thinking, as this server (and vLLM) return it; templates such as
+    # Qwen3's read reasoning_content
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     @model_validator(mode="after")
     def _has_content(self):
@@ -187,8 +191,6 @@ class ChatCompletionRequest(SamplingRequest, GuidedFields):
             bad.append("service_tier")  # one tier here
         if self.verbosity not in (None, "medium"):
             bad.append("verbosity")
-        if self.reasoning_effort not in (None, "none"):
-            bad.append("reasoning_effort")  # the model does not reason apart from its answer
         if self.prompt_cache_retention == "24h":
             bad.append("prompt_cache_retention")  # the prefix cache lives in memory only
         if self.modalities and self.modalities != ["text"]:
@@ -215,11 +217,14 @@ class ChatLogprobs(ResponseModel):
 
 class ResponseMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
-    omit_if_none = frozenset({"tool_calls", "function_call"})
+    omit_if_none = frozenset({"tool_calls", "function_call", "reasoning_content", "reasoning"})
     content: str | None = None
     refusal: None = None  # required by the spec, always null here
     tool_calls: list[ToolCall] | None = None
     function_call: FunctionCall | None = None  # requests that used the deprecated `functions`
+    # extensions (vLLM's): a reasoning model's thinking, apart from content; both names carry it
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ChatChoice(ResponseModel):
@@ -239,11 +244,13 @@ class ChatCompletionResponse(ResponseModel):
 
 
 class DeltaMessage(ResponseModel):
-    omit_if_none = frozenset({"role", "content", "tool_calls", "function_call"})
+    omit_if_none = frozenset({"role", "content", "tool_calls", "function_call", "reasoning_content", "reasoning"})
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
     function_call: FunctionCallDelta | None = None
+    reasoning_content: str | None = None  # extension: a piece of the thinking (see ResponseMessage)
+    reasoning: str | None = None
 
 
 class ChatStreamChoice(ResponseModel):

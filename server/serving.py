@@ -20,6 +20,8 @@ from server.generation import Generation
 from server.metrics import ServerMetrics
 from server.protocol_chat import ChatCompletionRequest
 from server.protocol_completions import CompletionRequest
+from server.reasoning import reasoning_parser_for
+from server.tool_formats import tool_format_for
 from server.serving_chat import ChatServing
 from server.serving_chunks import Chunks
 from server.serving_completions import CompletionServing
@@ -31,7 +33,8 @@ SSE_PING_SECONDS = 15  # comment lines keep idle streams alive through proxies
 
 class OpenAIServing:
     def __init__(self, engine, served_model_names: list[str],
-                 on_engine_dead: Callable[[], None] | None = None, metrics: ServerMetrics | None = None) -> None:
+                 on_engine_dead: Callable[[], None] | None = None, metrics: ServerMetrics | None = None,
+                 reasoning_parser: str = "auto") -> None:
         self.engine = engine
         self.metrics = metrics or ServerMetrics(lambda: engine)
         self.served_model_names = served_model_names
@@ -43,6 +46,10 @@ class OpenAIServing:
         self.completion = CompletionServing(self)
         self.chat = ChatServing(self)
         self.structured = StructuredOutput.for_engine(engine)  # grammars for structured output and tools
+        # the <think> parser for a reasoning model (server/reasoning.py), None for the others
+        self.reasoning_parser = reasoning_parser_for(reasoning_parser, getattr(self.tokenizer, "chat_template", None))
+        # how the model writes tool calls, from its template (server/tool_formats.py)
+        self.tool_format = tool_format_for(getattr(self.tokenizer, "chat_template", None))
 
     async def is_healthy(self) -> bool:
         """The engine loop answers (a hung or dead loop does not)."""
@@ -62,7 +69,12 @@ class OpenAIServing:
         return requested
 
     def model_card(self, name: str) -> p.ModelCard:
-        return p.ModelCard(id=self.resolve_model(name), created=self.created, max_model_len=self.max_model_len)
+        config = getattr(self.engine, "model_config", None)
+        return p.ModelCard(id=self.resolve_model(name), created=self.created, max_model_len=self.max_model_len,
+                           architecture=getattr(config, "architecture", None),
+                           quantization=getattr(self.engine, "quantization", None),
+                           context_length=self.max_model_len, reasoning=self.reasoning_parser is not None,
+                           reasoning_parser=self.reasoning_parser)
 
     def list_models(self) -> p.ModelList:
         return p.ModelList(data=[self.model_card(name) for name in self.served_model_names])

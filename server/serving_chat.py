@@ -9,9 +9,12 @@ from fastapi.responses import JSONResponse
 from engine import TokenLogprob
 from server import protocol_chat as pc
 from server.errors import bad_request
+from server.protocol import CompletionTokensDetails, UsageInfo
+from server.reasoning import ReasoningStream, split_reasoning, starts_in_thinking, thinking_kwargs
 from server.serving_chunks import Chunks, json_string
 from server.serving_logprobs import TokenStrings, chat_logprobs
-from server.tools import ToolCallStream, ToolSettings, parse_tool_calls, render_messages
+from server.tool_formats import parse_calls, tool_stream
+from server.tools import ToolSettings, render_messages
 
 if TYPE_CHECKING:
     from server.serving import OpenAIServing
@@ -48,14 +51,18 @@ def template_messages(messages: list[pc.ChatMessage]) -> list[dict]:
              **({"tool_calls": [c.model_dump() for c in m.tool_calls]} if m.tool_calls else {}),
              **({"tool_calls": [{"id": "call_0", "type": "function", "function": m.function_call.model_dump()}]}
                 if m.function_call and not m.tool_calls else {}),
-             **({"tool_call_id": m.tool_call_id} if m.tool_call_id else {})} for m in messages]
+             **({"tool_call_id": m.tool_call_id} if m.tool_call_id else {}),
+             **({"reasoning_content": m.reasoning_content or m.reasoning}
+                if m.role == "assistant" and (m.reasoning_content or m.reasoning) else {})} for m in messages]
 
 
 def chat_text(tokenizer, request: pc.ChatCompletionRequest) -> str:
-    """The prompt text of a chat request, tools included (server/tools.py)."""
-    knows_tools = "tools" in (getattr(tokenizer, "chat_template", None) or "")
-    messages, tools = render_messages(template_messages(request.messages), request.tool_settings(), knows_tools)
-    kwargs = {**(request.chat_template_kwargs or {}), **({"tools": tools} if tools else {})}
+    """The prompt text of a chat request, tools included (server/tools.py); reasoning_effort
+    onto the template's thinking switch where it has one (server/reasoning.py)."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    messages, tools = render_messages(template_messages(request.messages), request.tool_settings(), "tools" in template)
+    kwargs = thinking_kwargs(template, request.reasoning_effort, request.chat_template_kwargs or {})
+    kwargs = {**kwargs, **({"tools": tools} if tools else {})}
     return render_chat(tokenizer, messages, request.is_generation_prompt_added, request.continue_final_message, kwargs)
 
 
@@ -65,55 +72,89 @@ class ChatServing:
         self.tokenizer = serving.tokenizer
         self.strings = TokenStrings(self.tokenizer)
 
-    def prompt(self, request: pc.ChatCompletionRequest) -> list[int]:
+    def prompt(self, request: pc.ChatCompletionRequest) -> tuple[str, list[int]]:
         text = chat_text(self.tokenizer, request)
         # the template writes the special tokens (BOS, <|im_start|>) itself
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return text, self.tokenizer.encode(text, add_special_tokens=False)
 
     async def create(self, request: pc.ChatCompletionRequest, model: str | None = None):
         serving = self.serving
         model_name = serving.resolve_model(model or request.model)
-        prompts = [self.prompt(request)]
+        parser = serving.reasoning_parser
+        if parser is None and request.reasoning_effort not in (None, "none"):
+            raise bad_request("Not supported yet: reasoning_effort (this model does not reason apart from its "
+                              "answer).", param="reasoning_effort", code="unsupported_parameter")
+        text, ids = self.prompt(request)
+        prompts = [ids]
         params = serving.check_request(request, prompts, "messages")
         tools = request.tool_settings()
-        params.guide = await serving.structured.aguide_for(request, tools.grammar() if tools.is_active else None)
+        tools.format = serving.tool_format
+        # a reasoning model thinks first: grammars (structured output, forced tool calls) hold after </think>
+        is_thinking = parser is not None and starts_in_thinking(text)
+        thinking = None if parser is None else "inside" if is_thinking else "may_open"
+        params.guide = await serving.structured.aguide_for(request, tools.grammar() if tools.is_active else None,
+                                                           thinking)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         chunks = ChatChunks(request_id, model_name, params.n, request.include_usage, self.strings, params.logprobs,
-                            tools=tools if tools.is_active else None)
+                            tools=tools if tools.is_active else None,
+                            reasoning=None if parser is None else is_thinking)
         if request.stream:
             return serving.sse(prompts, params, chunks)
         return JSONResponse(await serving.collect(prompts, params, chunks))
 
 
 class ChatChunks(Chunks):
-    def __init__(self, *args, tools: ToolSettings | None = None, **kwargs) -> None:
+    """``tools``: parse tool calls out of the answer (None: the text is all content).
+    ``reasoning``: None for a model that does not reason; else whether the output begins
+    inside the thinking (the prompt left <think> open), and the thinking is split off."""
+
+    def __init__(self, *args, tools: ToolSettings | None = None, reasoning: bool | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.logprobs: dict[int, list[pc.ChatTokenLogprob]] = {}
-        self.tools = tools  # parse tool calls out of the text (None: the text is all content)
-        self.tool_streams: dict[int, ToolCallStream] = {}
+        self.tools = tools
+        self.tool_streams: dict = {}  # index → ToolCallStream or JSONToolCallStream
+        self.reasoning = reasoning
+        self.reasoning_streams: dict[int, ReasoningStream] = {}
+        self.is_parsed = tools is not None or reasoning is not None  # not the hot path's plain text
 
     def update(self, k: int, out) -> list[dict]:
         chunks = super().update(k, out)
-        if self.tools is None:
+        if not self.is_parsed:
             return chunks
-        # text held back by the tool-call parser (a call's "<tool_call>\n{" …) makes no chunk
-        return [c for c in chunks if any(ch["delta"] or ch["logprobs"] or ch["finish_reason"] for ch in c["choices"])]
+        # text held back by a parser (a call's "<tool_call>\n{", a "</thi" …) makes no chunk (None, or an empty delta)
+        return [c for c in chunks if c is not None and (c.__class__ is str or any(
+            ch["delta"] or ch["logprobs"] or ch["finish_reason"] for ch in c["choices"]))]
 
     def _delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
-        """Text → delta; with tools, the text goes through the choice's tool-call parser."""
+        """Text → delta: the thinking split off first, then tool calls parsed out of the answer."""
+        thought = None
+        if self.reasoning is not None:
+            thought, text = self._split(index, text, is_finished)
+            thought = thought or None
         if self.tools is None:
-            return pc.DeltaMessage(content=text or None)
-        stream = self.tool_streams.setdefault(index, ToolCallStream(self.tools.names))
-        content, calls = stream.finish() if is_finished else stream.feed(text)
+            return pc.DeltaMessage(content=text or None, reasoning_content=thought, reasoning=thought)
+        stream = self.tool_streams.get(index) or self.tool_streams.setdefault(index, tool_stream(self.tools))
+        content, calls = stream.feed(text)
+        if is_finished:
+            rest, more = stream.finish()
+            content, calls = content + rest, calls + more
         if not self.tools.parallel:  # parallel_tool_calls false: a second call is dropped
             calls = [c for c in calls if c["index"] == 0]
         if self.tools.legacy_functions:  # one call, as delta.function_call pieces
             pieces = [c["function"] for c in calls if c["index"] == 0]
             function_call = pc.FunctionCallDelta(name=next((p["name"] for p in pieces if "name" in p), None),
                                                  arguments="".join(p["arguments"] for p in pieces)) if pieces else None
-            return pc.DeltaMessage(content=content or None, function_call=function_call)
-        return pc.DeltaMessage(content=content or None,
+            return pc.DeltaMessage(content=content or None, function_call=function_call,
+                                   reasoning_content=thought, reasoning=thought)
+        return pc.DeltaMessage(content=content or None, reasoning_content=thought, reasoning=thought,
                                tool_calls=[pc.ToolCallDelta.model_validate(c) for c in calls] or None)
+
+    def _split(self, index: int, text: str, is_finished: bool = False) -> tuple[str, str]:
+        """The choice's new text → (thinking, answer) pieces."""
+        stream = self.reasoning_streams.get(index) or \
+            self.reasoning_streams.setdefault(index, ReasoningStream(self.reasoning))
+        num_tokens = self.num_tokens.get(index, 0)
+        return stream.finish(num_tokens) if is_finished else stream.feed(text, num_tokens)
 
     def _finish_reason(self, index: int, reason: str, num_calls: int) -> str:
         if not num_calls or reason != "stop":
@@ -129,21 +170,30 @@ class ChatChunks(Chunks):
         return [self._chunk([pc.ChatStreamChoice(index=i, delta=pc.DeltaMessage(role="assistant", content=""))])
                 for i in range(self.n)]
 
-    def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str:
+    def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str | None:
         if self.num_logprobs is None and self.tools is None:
             # the hot path: the JSON text of the chunk built below, written directly
-            return (f'{self.chunk_head("chat.completion.chunk")}{{"index": {index}, "delta": {{"content": '
-                    f'{json_string(text)}}}, "logprobs": null, "finish_reason": null}}]}}')
+            if self.reasoning is None:
+                delta = f'"content": {json_string(text)}'
+            else:  # DeltaMessage's fields in its order, the empty ones left out
+                thought, text = self._split(index, text)
+                if not (thought or text):
+                    return None  # held back
+                thought = json_string(thought) if thought else ""
+                delta = ", ".join([*([f'"content": {json_string(text)}'] if text else []),
+                                   *([f'"reasoning_content": {thought}, "reasoning": {thought}'] if thought else [])])
+            return (f'{self.chunk_head("chat.completion.chunk")}{{"index": {index}, "delta": {{{delta}}}, '
+                    f'"logprobs": null, "finish_reason": null}}]}}')
         piece = None
         if self.num_logprobs is not None:
             content = chat_logprobs(self.strings, logprobs, self.num_logprobs)
             self.logprobs.setdefault(index, []).extend(content)
             piece = pc.ChatLogprobs(content=content)
-        delta = pc.DeltaMessage(content=text) if self.tools is None else self._delta(index, text)
+        delta = self._delta(index, text) if self.is_parsed else pc.DeltaMessage(content=text)
         return self._chunk([pc.ChatStreamChoice(index=index, delta=delta, logprobs=piece)])
 
     def finish_chunk(self, index: int, reason: str) -> dict:
-        delta = self._delta(index, "", is_finished=True) if self.tools is not None else pc.DeltaMessage()
+        delta = self._delta(index, "", is_finished=True) if self.is_parsed else pc.DeltaMessage()
         stream = self.tool_streams.get(index)
         reason = self._finish_reason(index, reason, stream.num_calls if stream else 0)
         return self._chunk([pc.ChatStreamChoice(index=index, delta=delta, finish_reason=reason)])
@@ -151,17 +201,31 @@ class ChatChunks(Chunks):
     def message(self, index: int) -> tuple[pc.ResponseMessage, str | None]:
         """A finished choice's message, tool calls parsed out, and its finish_reason."""
         text, reason = self.texts[index], self.finish_reasons.get(index)
+        thought = None
+        if self.reasoning is not None:
+            thought, text = split_reasoning(text, self.reasoning)
         if self.tools is None:
-            return pc.ResponseMessage(content=text), reason
-        content, calls = parse_tool_calls(text, self.tools.names)
+            content = text or None if thought is not None else text  # all thinking: no answer (null)
+            return pc.ResponseMessage(content=content, reasoning_content=thought, reasoning=thought), reason
+        content, calls = parse_calls(text, self.tools)
+        content = content or None if thought is not None else content
         calls = calls if self.tools.parallel else calls[:1]
         reason = self._finish_reason(index, reason, len(calls))
         if self.tools.legacy_functions:
             function_call = pc.FunctionCall(name=calls[0]["name"], arguments=calls[0]["arguments"]) if calls else None
-            return pc.ResponseMessage(content=content, function_call=function_call), reason
+            return pc.ResponseMessage(content=content, function_call=function_call,
+                                      reasoning_content=thought, reasoning=thought), reason
         tool_calls = [pc.ToolCall(id=c["id"], function={"name": c["name"], "arguments": c["arguments"]})
                       for c in calls]
-        return pc.ResponseMessage(content=content, tool_calls=tool_calls or None), reason
+        return pc.ResponseMessage(content=content, tool_calls=tool_calls or None,
+                                  reasoning_content=thought, reasoning=thought), reason
+
+    def usage(self) -> UsageInfo:
+        usage = super().usage()
+        if self.reasoning is not None:
+            num = sum(s.num_reasoning_tokens for s in self.reasoning_streams.values())
+            usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=num)
+        return usage
 
     def usage_chunk(self) -> dict:
         return self._chunk([], self.usage())

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     embedding_model: str | None = Field(
         None, description="PATH or NAME=PATH: a BERT sentence-embedding folder served at /v1/embeddings")
     chat_template: str | None = Field(None, description="a Jinja2 chat template file that replaces the model's own")
+    reasoning_parser: Literal["auto", "none", "deepseek_r1", "qwen3"] = Field(
+        "auto", description="how a reasoning model's <think>…</think> is split off into reasoning_content: "
+        "auto = when the chat template writes <think> and </think>; none = thinking stays in content")
     # engine
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = float32 on CPU, bfloat16 on CUDA")

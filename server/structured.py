@@ -162,15 +162,19 @@ class StructuredOutput:
         vocab_size = getattr(getattr(engine, "model_config", None), "vocab_size", None)
         return cls(engine.tokenizer, vocab_size or engine.tokenizer.vocab_size)
 
-    def guide_for(self, request, tool_grammar: GrammarSpec | None = None) -> LLGuide | None:
-        """The request's guide, or None when its output is free; a 400 naming the field if invalid."""
+    def guide_for(self, request, tool_grammar: GrammarSpec | None = None,
+                  thinking: str | None = None) -> LLGuide | None:
+        """The request's guide, or None when its output is free; a 400 naming the field if invalid.
+        ``thinking`` ("may_open" or "inside"): the grammar applies to the answer after the
+        model's ``<think>…</think>`` (see ``with_thinking``)."""
         try:
             spec = request_grammar(request, tool_grammar)
-            return None if spec is None else self.guide(spec)
+            return None if spec is None else self.guide(spec, thinking)
         except GrammarError as exc:
             raise bad_request(f"Invalid {exc.param}: {exc}", param=exc.param) from None
 
-    async def aguide_for(self, request, tool_grammar: GrammarSpec | None = None) -> LLGuide | None:
+    async def aguide_for(self, request, tool_grammar: GrammarSpec | None = None,
+                         thinking: str | None = None) -> LLGuide | None:
         """``guide_for`` on a worker thread: the first call builds the vocabulary's tables
         (a second or so on a loaded CPU) and a large schema compiles for milliseconds."""
         try:
@@ -178,7 +182,7 @@ class StructuredOutput:
                 return None
         except GrammarError as exc:
             raise bad_request(f"Invalid {exc.param}: {exc}", param=exc.param) from None
-        return await anyio.to_thread.run_sync(self.guide_for, request, tool_grammar)
+        return await anyio.to_thread.run_sync(self.guide_for, request, tool_grammar, thinking)
 
     def grammar(self, spec: GrammarSpec) -> str:
         """The llguidance grammar text for ``spec``."""
@@ -203,9 +207,11 @@ class StructuredOutput:
             return llguidance.LLMatcher.grammar_from_lark(spec.value)
         raise GrammarError(f"unknown grammar kind {spec.kind!r}", spec.param)
 
-    def guide(self, spec: GrammarSpec) -> LLGuide:
+    def guide(self, spec: GrammarSpec, thinking: str | None = None) -> LLGuide:
         """A fresh guide at the grammar's start; GrammarError (a 400) if it does not compile."""
         grammar = self.grammar(spec)
+        if thinking is not None and "think>" not in str(spec.value):  # else it spells the thinking itself
+            grammar = with_thinking(grammar, thinking)
         with self._lock:
             matcher = self._cache.get(grammar)
             if matcher is not None:
@@ -219,6 +225,24 @@ class StructuredOutput:
             if len(self._cache) > MAX_CACHED_GRAMMARS:
                 self._cache.popitem(last=False)
         return LLGuide(matcher.deep_copy())
+
+
+# The thinking, one lazy lexeme: it ends at the first </think>.
+_THINKING = {"may_open": "start: thinking? /[ \\t\\r\\n]*/ @answer\nthinking[lazy]: /<think>(?s:.*)<\\/think>/\n",
+             "inside": "start: thinking /[ \\t\\r\\n]*/ @answer\nthinking[lazy]: /(?s:.*)<\\/think>/\n"}
+
+
+def with_thinking(grammar: str, thinking: str) -> str:
+    """``grammar`` (llguidance's text: a TopLevelGrammar's JSON, or Lark) after a reasoning
+    model's thinking: "may_open" lets the output open ``<think>…</think>`` first, "inside" (the
+    prompt left ``<think>`` open) makes it think until ``</think>``; white space, then the grammar."""
+    try:
+        parts = json.loads(grammar)["grammars"]
+    except (ValueError, TypeError, KeyError):
+        parts = [{"lark_grammar": grammar}]
+    parts = [dict(p) for p in parts]
+    parts[0]["name"] = "answer"
+    return json.dumps({"grammars": [{"lark_grammar": _THINKING[thinking]}, *parts]})
 
 
 _WHAT = {"json": "JSON schema", "regex": "regular expression", "choice": "choice list", "lark": "grammar"}

@@ -63,6 +63,7 @@ class ToolSettings:
     function_name: str | None = None  # the named function when choice == "function"
     parallel: bool = True
     legacy_functions: bool = False  # came as `functions` / `function_call`: answer with message.function_call
+    format: str = "hermes"  # how the model writes calls: hermes, llama3 or mistral (server/tool_formats.py)
 
     @property
     def is_active(self) -> bool:
@@ -115,7 +116,7 @@ def render_messages(messages: list[dict], settings: ToolSettings, template_knows
             text = m.get("content") or ""
             out.append({"role": "assistant", "content": f"{text}\n{calls}" if text else calls})
         else:
-            out.append({k: v for k, v in m.items() if k in ("role", "content", "name")})
+            out.append({k: v for k, v in m.items() if k in ("role", "content", "name", "reasoning_content")})
     if tools:
         listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
         prompt = TOOLS_SYSTEM_PROMPT.format(tools=listing)
@@ -213,7 +214,7 @@ class ToolCallStream:
             if i >= 0:
                 content, self.buf, self.mode = self.buf[:i], self.buf[i + len(OPEN):], "head"
                 return True, content, []
-            keep = _partial_suffix(self.buf, OPEN)
+            keep = partial_suffix(self.buf, OPEN)
             content, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep:]
             return False, content, []
         if self.mode == "head":
@@ -293,7 +294,7 @@ class ToolCallStream:
         return "", [start, self._arguments_delta(json.dumps(arguments, ensure_ascii=False))]
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if tag.startswith(text[-n:]):

@@ -54,3 +54,24 @@ def test_sse_event_bytes_match_sse_starlette():
                         for c in chunks)
     assert sse_event(chunks) == expected
     assert sse_event([]) == b""
+
+
+@pytest.mark.parametrize("is_thinking", [False, True])
+def test_chat_reasoning_text_chunk_matches_pydantic(is_thinking):
+    """A reasoning model's per-token chunks (thinking, then answer) on the hot path."""
+    from server.reasoning import ReasoningStream
+
+    fast_chunks = ChatChunks("chatcmpl-1", "m", 1, False, None, None, reasoning=is_thinking)
+    reference = ReasoningStream(is_thinking)
+    script = ([] if is_thinking else ["<th", "ink>\n"]) + TEXTS + ["\n</", "think>", "\n\n"] + TEXTS
+    for text in script:
+        fast = fast_chunks.text_chunk(0, text, [])
+        thought, content = reference.feed(text)
+        if not (thought or content):
+            assert fast is None
+            continue
+        delta = pchat.DeltaMessage(content=content or None, reasoning_content=thought or None,
+                                   reasoning=thought or None)
+        slow = pchat.ChatCompletionChunk(id="chatcmpl-1", created=fast_chunks.created, model="m",
+                                         choices=[pchat.ChatStreamChoice(index=0, delta=delta)]).model_dump()
+        assert isinstance(fast, str) and fast == json.dumps(slow)
