@@ -1,0 +1,104 @@
+"""/v1/responses: a Responses request → the chat path's prompt, sampling and guide → engine →
+Response bodies or stream events (``responses_events.ResponseChunks``), stored when asked."""
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+
+from fastapi.responses import JSONResponse
+
+from server.errors import APIError
+from server.generation import Generation
+from server.protocol_responses import ResponsesRequest, check_supported, new_id, normalize_items, rename_param, \
+    to_chat_request
+from server.response_store import ResponseStore
+from server.responses_events import ResponseChunks
+from server.serving import SSE_PING_SECONDS, OpenAIServing, SSEResponse
+
+CONVERSATION_ITEM_TYPES = ("message", "function_call", "function_call_output")
+
+
+def conversation(store: ResponseStore, namespace: str, request: ResponsesRequest) -> list[dict]:
+    """The items this response answers: the previous response's conversation and output, if
+    any, then this request's input."""
+    history: list[dict] = []
+    if request.previous_response_id is not None:
+        previous = store.get(namespace, request.previous_response_id)
+        if previous is None:
+            raise APIError(404, f"Previous response with id '{request.previous_response_id}' not found.",
+                           param="previous_response_id", code="previous_response_not_found")
+        history = previous.items + [i for i in previous.response["output"] if i["type"] in CONVERSATION_ITEM_TYPES]
+    return history + normalize_items(request)
+
+
+async def create_response(serving: OpenAIServing, store: ResponseStore, namespace: str,
+                          request: ResponsesRequest, model: str | None = None):
+    check_supported(request)
+    model_name = serving.resolve_model(model or request.model)
+    items = conversation(store, namespace, request)
+    chat_request = to_chat_request(request, items)
+    try:
+        prompts = [serving.chat.prompt(chat_request)]
+        params = serving.check_request(chat_request, prompts, "input")
+        tools = chat_request.tool_settings()
+        params.guide = await serving.structured.aguide_for(chat_request, tools.grammar() if tools.is_active else None)
+    except APIError as exc:  # the chat request's field names → this request's
+        exc.param = rename_param(exc.param)
+        raise
+    chunks = ResponseChunks(new_id("resp"), model_name, serving.chat.strings, request,
+                            tools=tools if tools.is_active else None)
+
+    def on_done(response: dict) -> None:
+        if request.store is not False:
+            store.put(namespace, response, items)
+
+    if request.stream:
+        return responses_sse(serving, prompts, params, chunks, on_done)
+    body = await serving.collect(prompts, params, chunks)
+    on_done(body)
+    return JSONResponse(body)
+
+
+def sse_events(events: list[dict]) -> bytes:
+    """Responses events as SSE, each named by its type (``event:``) as OpenAI sends them."""
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+
+
+def responses_sse(serving: OpenAIServing, prompts: list[list[int]], params, chunks: ResponseChunks,
+                  on_done: Callable[[dict], None]):
+    async def events() -> AsyncIterator[bytes]:
+        timer = serving.metrics.timer()
+        # started here, not before: a stream that never starts must leave nothing running
+        generation = Generation(serving.engine, prompts, params, chunks.request_id)
+        try:
+            yield sse_events(chunks.start())
+            async for k, out in generation:
+                timer.output(k)
+                made = chunks.update(k, out)
+                if made:
+                    yield sse_events(made)
+            timer.finished(chunks.finish_reasons)
+            end = chunks.end()
+            on_done(end[-1]["response"])
+            yield sse_events(end)
+        except Exception as exc:  # the 200 is sent already: an error event, then response.failed
+            error = serving._engine_error(exc)
+            serving.metrics.error(error.status_code, error.type)
+            yield sse_events(chunks.failed(error))
+        finally:
+            await generation.close()
+
+    return SSEResponse(events(), ping=SSE_PING_SECONDS, sep="\n",
+                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def input_items(stored, limit: int, order: str, after: str | None) -> dict:
+    items = stored.items if order == "asc" else stored.items[::-1]
+    if after is not None:
+        ids = [i["id"] for i in items]
+        if after not in ids:
+            raise APIError(404, f"No input item with id '{after}' in this response.", param="after")
+        items = items[ids.index(after) + 1:]
+    page = items[:limit]
+    return {"object": "list", "data": page, "has_more": len(items) > limit,
+            "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}
