@@ -89,6 +89,16 @@ class Thinking(LooseModel):
     type: Literal["enabled", "disabled", "adaptive"]
 
 
+class OutputFormat(LooseModel):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(LooseModel):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None  # accepted: no effort knob here
+    format: OutputFormat | None = None
+
+
 class CountTokensRequest(RequestModel):
     model: str
     messages: Annotated[list[Message], Field(min_length=1)]
@@ -144,6 +154,7 @@ class MessagesRequest(CountTokensRequest):
     stream: bool | None = False
     metadata: dict[str, Any] | None = None
     service_tier: Literal["auto", "standard_only"] | None = None
+    output_config: OutputConfig | None = None
 
     def to_chat(self) -> ChatCompletionRequest:
         fields: dict[str, Any] = {"max_completion_tokens": self.max_tokens, "stream": bool(self.stream)}
@@ -152,6 +163,10 @@ class MessagesRequest(CountTokensRequest):
                 fields[name] = getattr(self, name)
         if self.stop_sequences:
             fields["stop"] = self.stop_sequences
+        if self.output_config is not None and self.output_config.format is not None:
+            # Anthropic's structured outputs are strict: the grammar holds the output to the schema
+            fields["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "output", "schema": self.output_config.format.schema_, "strict": True}}
         return self.to_chat_request(**fields)
 
 

@@ -12,6 +12,8 @@ from pydantic import TypeAdapter
 
 from tests.server.conftest import make_client
 from tests.server.fake_engine import FakeEngine
+from tests.server.named_events import parse_named_sse as parse_events
+from tests.server.named_events import strict_sdk as strict
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 WEATHER = {"name": "get_weather", "description": "Weather in a city",
@@ -19,25 +21,8 @@ WEATHER = {"name": "get_weather", "description": "Weather in a city",
 EVENT = TypeAdapter(RawMessageStreamEvent)
 
 
-def strict(model_type, body: dict):
-    """The SDK's type parses the body, and no field of the body is unknown to it."""
-    parsed = model_type.model_validate(body) if hasattr(model_type, "model_validate") else model_type.validate_python(body)
-    assert not (getattr(parsed, "model_extra", None) or {}), parsed.model_extra
-    return parsed
-
-
 def post(client, body: dict, **kwargs):
     return client.post("/v1/messages", json={"model": "gpt-4", "max_tokens": 64, "temperature": 0, **body}, **kwargs)
-
-
-def parse_events(text: str) -> list[dict]:
-    events = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.split("\n") if not line.startswith(":"))
-        event = json.loads(lines["data"])
-        assert lines["event"] == event["type"]
-        events.append(event)
-    return events
 
 
 def check_error(response, status: int, error_type: str) -> dict:
@@ -122,6 +107,15 @@ def force_calls(client, fake_engine):
         assert r.status_code == 200, r.text
         (_, params) = list(fake_engine.requests.values())[-1]
         assert params.guide is not None  # the calls' grammar
+
+
+def test_output_config_format_is_held_by_a_grammar(client, fake_engine):
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    r = post(client, {"messages": [{"role": "user", "content": "x"}],
+                      "output_config": {"effort": "high", "format": {"type": "json_schema", "schema": schema}}})
+    assert r.status_code == 200, r.text
+    (_, params), = fake_engine.requests.values()
+    assert params.guide is not None
 
 
 def test_count_tokens(client):

@@ -12,39 +12,13 @@ from server.serving import OpenAIServing
 from tests.server.conftest import make_client
 from tests.server.fake_engine import FakeEngine
 from tests.server.helpers import check_error
-from tests.spec_validator import _spec_and_registry, validate
+from tests.server.named_events import check_response_events as check_events
+from tests.server.named_events import parse_named_sse as parse_events
+from tests.spec_validator import validate
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Weather in a city",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
-def event_schemas() -> dict[str, str]:
-    """Stream event type → the spec's schema for it (from ResponseStreamEvent's members)."""
-    schemas = _spec_and_registry()[0]["components"]["schemas"]
-    out = {}
-    for ref in schemas["ResponseStreamEvent"]["anyOf"]:
-        name = ref["$ref"].rsplit("/", 1)[-1]
-        out[schemas[name]["properties"]["type"]["enum"][0]] = name
-    return out
-
-
-def parse_events(text: str) -> list[dict]:
-    events = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.split("\n") if not line.startswith(":"))
-        event = json.loads(lines["data"])
-        assert lines["event"] == event["type"]  # the SSE event name is the type, as OpenAI sends it
-        events.append(event)
-    return events
-
-
-def check_events(events: list[dict]) -> list[dict]:
-    schemas = event_schemas()
-    for event in events:
-        validate(event, schemas[event["type"]])
-    assert [e["sequence_number"] for e in events] == list(range(len(events)))
-    return events
 
 
 def post(client, body: dict, **kwargs):
