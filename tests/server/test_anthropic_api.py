@@ -169,3 +169,9 @@ def test_overload_is_an_anthropic_429():
         client.app.state.admission.num_in_flight = 0
     check_error(r, 429, "rate_limit_error")
     assert r.headers["retry-after"] == "1"
+
+
+def test_body_over_the_limit_is_an_anthropic_413():
+    with make_client(FakeEngine(), max_request_body_bytes=1024) as client:
+        r = post(client, {"messages": [{"role": "user", "content": "x" * 4000}]})
+    check_error(r, 413, "request_too_large")

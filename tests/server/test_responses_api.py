@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 import pytest
@@ -205,3 +206,17 @@ def test_over_the_admission_cap_is_429():
     refused, done = asyncio.run(main())
     check_error(refused, 429, code="server_overloaded")
     assert done.status_code == 200
+
+
+def test_readme_responses_table_covers_the_spec():
+    from tests.server.test_readme_params import spec_fields
+    from tests.spec_validator import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("\n## The Responses API\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| `")]
+    named = {name for row in rows for name in re.findall(r"`([a-z_]+)`", row[0])}
+    assert spec_fields("CreateResponse") - named == set()
+    for row in rows:
+        if row[1].strip() in ("no", "partly", "accepted"):
+            assert len(row[2].strip()) > 20, row
