@@ -24,7 +24,7 @@ from server.serving_responses import sse_events  # named events, as Anthropic se
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error",
-                413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 503: "overloaded_error"}
+                413: "invalid_request_error", 429: "rate_limit_error", 500: "api_error", 503: "overloaded_error"}
 _STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
 
 
