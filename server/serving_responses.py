@@ -9,10 +9,10 @@ from fastapi.responses import JSONResponse
 
 from server.errors import APIError
 from server.generation import Generation
-from server.protocol_responses import ResponsesRequest, check_supported, new_id, normalize_items, rename_param, \
-    to_chat_request
+from server.protocol_responses import ResponsesRequest, new_id
 from server.response_store import ResponseStore
 from server.responses_events import ResponseChunks
+from server.responses_input import check_supported, normalize_items, rename_param, to_chat_request
 from server.serving import SSE_PING_SECONDS, OpenAIServing, SSEResponse
 
 CONVERSATION_ITEM_TYPES = ("message", "function_call", "function_call_output")
