@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 
 from fastapi.responses import JSONResponse
 
 from engine import TokenLogprob
 from server import protocol_chat as pc
-from server.generation import Generation
 from server.protocol_anthropic import CountTokensRequest, MessagesRequest
-from server.serving import SSE_PING_SECONDS, OpenAIServing, SSEResponse
+from server.serving import OpenAIServing
 from server.serving_chat import ChatChunks
-from server.serving_responses import sse_events  # named events, as Anthropic sends them too
+from server.serving_events import named_event_stream, prepare_chat
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error",
@@ -136,6 +134,10 @@ class MessageChunks(ChatChunks):
     def full_response(self) -> dict:
         return self.message(self.content(), self.stop_reason, self.usage().completion_tokens)
 
+    def failed(self, error) -> list[dict]:
+        """A failure after the stream started: Anthropic's in-band ``error`` event."""
+        return [anthropic_error(error.status_code, error.message)]
+
 
 def _json_object(text: str) -> dict:
     try:
@@ -145,50 +147,16 @@ def _json_object(text: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _prepare(serving: OpenAIServing, request: CountTokensRequest):
-    chat_request = request.to_chat() if isinstance(request, MessagesRequest) else request.to_chat_request()
-    return chat_request, [serving.chat.prompt(chat_request)]
-
-
 async def count_tokens(serving: OpenAIServing, request: CountTokensRequest) -> JSONResponse:
     serving.resolve_model(request.model)
-    _, prompts = _prepare(serving, request)
-    return JSONResponse({"input_tokens": len(prompts[0])})
+    return JSONResponse({"input_tokens": len(serving.chat.prompt(request.to_chat_request()))})
 
 
 async def create_message(serving: OpenAIServing, request: MessagesRequest):
     model_name = serving.resolve_model(request.model)
-    chat_request, prompts = _prepare(serving, request)
-    params = serving.check_request(chat_request, prompts, "messages")
-    tools = chat_request.tool_settings()
-    params.guide = await serving.structured.aguide_for(chat_request, tools.grammar() if tools.is_active else None)
+    prompts, params, tools = await prepare_chat(serving, request.to_chat(), "messages")
     chunks = MessageChunks(f"msg_{uuid.uuid4().hex}", model_name, serving.chat.strings, len(prompts[0]),
                            tools=tools if tools.is_active else None)
     if request.stream:
-        return messages_sse(serving, prompts, params, chunks)
+        return named_event_stream(serving, prompts, params, chunks)
     return JSONResponse(await serving.collect(prompts, params, chunks))
-
-
-def messages_sse(serving: OpenAIServing, prompts: list[list[int]], params, chunks: MessageChunks) -> SSEResponse:
-    async def events() -> AsyncIterator[bytes]:
-        timer = serving.metrics.timer()
-        # started here, not before: a stream that never starts must leave nothing running
-        generation = Generation(serving.engine, prompts, params, chunks.request_id)
-        try:
-            yield sse_events(chunks.start())
-            async for k, out in generation:
-                timer.output(k)
-                made = chunks.update(k, out)
-                if made:
-                    yield sse_events(made)
-            timer.finished(chunks.finish_reasons)
-            yield sse_events(chunks.end())
-        except Exception as exc:  # the 200 is sent already: Anthropic's in-band error event
-            error = serving._engine_error(exc)
-            serving.metrics.error(error.status_code, error.type)
-            yield sse_events([anthropic_error(error.status_code, error.message)])
-        finally:
-            await generation.close()
-
-    return SSEResponse(events(), ping=SSE_PING_SECONDS, sep="\n",
-                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -2,18 +2,15 @@
 Response bodies or stream events (``responses_events.ResponseChunks``), stored when asked."""
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
-
 from fastapi.responses import JSONResponse
 
 from server.errors import APIError
-from server.generation import Generation
 from server.protocol_responses import ResponsesRequest, new_id
 from server.response_store import ResponseStore
 from server.responses_events import ResponseChunks
 from server.responses_input import check_supported, normalize_items, rename_param, to_chat_request
-from server.serving import SSE_PING_SECONDS, OpenAIServing, SSEResponse
+from server.serving import OpenAIServing
+from server.serving_events import named_event_stream, prepare_chat
 
 CONVERSATION_ITEM_TYPES = ("message", "function_call", "function_call_output")
 
@@ -38,10 +35,7 @@ async def create_response(serving: OpenAIServing, store: ResponseStore, namespac
     items = conversation(store, namespace, request)
     chat_request = to_chat_request(request, items)
     try:
-        prompts = [serving.chat.prompt(chat_request)]
-        params = serving.check_request(chat_request, prompts, "input")
-        tools = chat_request.tool_settings()
-        params.guide = await serving.structured.aguide_for(chat_request, tools.grammar() if tools.is_active else None)
+        prompts, params, tools = await prepare_chat(serving, chat_request, "input")
     except APIError as exc:  # the chat request's field names → this request's
         exc.param = rename_param(exc.param)
         raise
@@ -53,43 +47,10 @@ async def create_response(serving: OpenAIServing, store: ResponseStore, namespac
             store.put(namespace, response, items)
 
     if request.stream:
-        return responses_sse(serving, prompts, params, chunks, on_done)
+        return named_event_stream(serving, prompts, params, chunks, on_done=lambda end: on_done(end[-1]["response"]))
     body = await serving.collect(prompts, params, chunks)
     on_done(body)
     return JSONResponse(body)
-
-
-def sse_events(events: list[dict]) -> bytes:
-    """Responses events as SSE, each named by its type (``event:``) as OpenAI sends them."""
-    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
-
-
-def responses_sse(serving: OpenAIServing, prompts: list[list[int]], params, chunks: ResponseChunks,
-                  on_done: Callable[[dict], None]):
-    async def events() -> AsyncIterator[bytes]:
-        timer = serving.metrics.timer()
-        # started here, not before: a stream that never starts must leave nothing running
-        generation = Generation(serving.engine, prompts, params, chunks.request_id)
-        try:
-            yield sse_events(chunks.start())
-            async for k, out in generation:
-                timer.output(k)
-                made = chunks.update(k, out)
-                if made:
-                    yield sse_events(made)
-            timer.finished(chunks.finish_reasons)
-            end = chunks.end()
-            on_done(end[-1]["response"])
-            yield sse_events(end)
-        except Exception as exc:  # the 200 is sent already: an error event, then response.failed
-            error = serving._engine_error(exc)
-            serving.metrics.error(error.status_code, error.type)
-            yield sse_events(chunks.failed(error))
-        finally:
-            await generation.close()
-
-    return SSEResponse(events(), ping=SSE_PING_SECONDS, sep="\n",
-                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def input_items(stored, limit: int, order: str, after: str | None) -> dict:
