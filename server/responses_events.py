@@ -3,7 +3,9 @@
 ``ResponseChunks`` is a ``ChatChunks``: the chat path's text accumulation and tool-call parsing
 (``ToolCallStream``) run unchanged, and each chat delta becomes the Responses events in OpenAI's
 order: an output item is added, its content part is added, text deltas, then the part, the text
-and the item are done; a function call is added, its argument deltas follow, then done. The
+and the item are done (a ``reasoning`` item the same way, with ``reasoning_text`` events, where
+the chat path splits a model's thinking off as ``reasoning_content``); a function call is added,
+its argument deltas follow, then done. The
 full (non-streamed) response is the same builder's final state, so a streamed and a full
 response of the same generation have the same output items.
 """
@@ -27,7 +29,7 @@ class ResponseChunks(ChatChunks):
         self.created_at = int(time.time())
         self.sequence_number = 0
         self.output: list[dict] = []  # output items, in order; the open ones are updated in place
-        self._message: dict | None = None  # the message item being written
+        self._text: dict | None = None  # the message or reasoning item being written
         self._calls: dict[int, dict] = {}  # tool-call index → its function_call item
         self.status = "in_progress"
         self.error: dict | None = None
@@ -47,15 +49,21 @@ class ResponseChunks(ChatChunks):
         # Chunks.update collects what text_chunk / finish_chunk return: here, lists of events
         return [event for events in super(ChatChunks, self).update(k, out) for event in events]
 
+    def _parsed_delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
+        # ChatChunks parses when it has tools (or, where it has one, a reasoning parser: is_parsed)
+        if getattr(self, "is_parsed", self.tools is not None):
+            return self._delta(index, text, is_finished)
+        return pc.DeltaMessage(content=text or None)
+
     def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> list[dict]:
-        return self._on_delta(self._delta(index, text) if self.tools is not None else pc.DeltaMessage(content=text))
+        return self._on_delta(self._parsed_delta(index, text))
 
     def finish_chunk(self, index: int, reason: str) -> list[dict]:
-        events = self._on_delta(self._delta(index, "", is_finished=True)) if self.tools is not None else []
+        events = self._on_delta(self._parsed_delta(index, "", is_finished=True))
         item_status = "incomplete" if reason == "length" else "completed"
-        if not self.output:  # nothing written: still one (empty) message
-            events += self._open_message()
-        events += self._close_message(item_status)
+        if not any(item["type"] != "reasoning" for item in self.output):  # no answer: still one (empty) message
+            events += self._open_text("message")
+        events += self._close_text(item_status)
         for output_index, item in enumerate(self.output):
             if item["type"] == "function_call" and item["status"] == "in_progress":
                 item["status"] = item_status
@@ -67,17 +75,14 @@ class ResponseChunks(ChatChunks):
 
     def _on_delta(self, delta: pc.DeltaMessage) -> list[dict]:
         events = []
+        thought = getattr(delta, "reasoning_content", None)  # a reasoning model's thinking, first
+        if thought:
+            events += self._add_text("reasoning", thought)
         if delta.content:
-            if self._message is None:
-                events += self._open_message()
-            output_index = len(self.output) - 1
-            part = self._message["content"][0]
-            part["text"] += delta.content
-            events.append(self._event("response.output_text.delta", item_id=self._message["id"],
-                                      output_index=output_index, content_index=0, delta=delta.content, logprobs=[]))
+            events += self._add_text("message", delta.content)
         for call in delta.tool_calls or []:
-            if call.id is not None:  # a new call: the message before it (if any) is finished
-                events += self._close_message("completed")
+            if call.id is not None:  # a new call: the text item before it (if any) is finished
+                events += self._close_text("completed")
                 item = {"id": new_id("fc"), "type": "function_call", "status": "in_progress",
                         "call_id": call.id, "name": call.function.name, "arguments": ""}
                 self._calls[call.index] = item
@@ -92,32 +97,49 @@ class ResponseChunks(ChatChunks):
                                           output_index=self.output.index(item), delta=fragment))
         return events
 
-    def _open_message(self) -> list[dict]:
-        self._message = {"id": new_id("msg"), "type": "message", "status": "in_progress", "role": "assistant",
-                         "content": []}
-        self.output.append(self._message)
-        output_index = len(self.output) - 1
-        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        events = [self._event("response.output_item.added", output_index=output_index,
-                              item={**self._message, "content": []}),
-                  self._event("response.content_part.added", item_id=self._message["id"],
-                              output_index=output_index, content_index=0, part=dict(part))]
-        self._message["content"].append(part)
+    def _add_text(self, kind: str, text: str) -> list[dict]:
+        """Text for a ``message`` (output_text) or ``reasoning`` (reasoning_text) item."""
+        events = [] if self._text is not None and self._text["type"] == kind else self._open_text(kind)
+        item = self._text
+        item["content"][0]["text"] += text
+        delta = {"logprobs": []} if kind == "message" else {}
+        events.append(self._event(_TEXT_EVENT[kind] + ".delta", item_id=item["id"], output_index=len(self.output) - 1,
+                                  content_index=0, delta=text, **delta))
         return events
 
-    def _close_message(self, status: str) -> list[dict]:
-        message, self._message = self._message, None
-        if message is None:
+    def _open_text(self, kind: str) -> list[dict]:
+        events = self._close_text("completed")
+        if kind == "message":
+            self._text = {"id": new_id("msg"), "type": "message", "status": "in_progress", "role": "assistant",
+                          "content": []}
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        else:
+            self._text = {"id": new_id("rs"), "type": "reasoning", "status": "in_progress", "summary": [],
+                          "content": []}
+            part = {"type": "reasoning_text", "text": ""}
+        self.output.append(self._text)
+        output_index = len(self.output) - 1
+        events += [self._event("response.output_item.added", output_index=output_index,
+                               item={**self._text, "content": []}),
+                   self._event("response.content_part.added", item_id=self._text["id"],
+                               output_index=output_index, content_index=0, part=dict(part))]
+        self._text["content"].append(part)
+        return events
+
+    def _close_text(self, status: str) -> list[dict]:
+        item, self._text = self._text, None
+        if item is None:
             return []
-        output_index = self.output.index(message)
-        part = message["content"][0]
-        message["status"] = status
-        return [self._event("response.output_text.done", item_id=message["id"], output_index=output_index,
-                            content_index=0, text=part["text"], logprobs=[]),
-                self._event("response.content_part.done", item_id=message["id"], output_index=output_index,
+        output_index = self.output.index(item)
+        part = item["content"][0]
+        item["status"] = status
+        done = {"logprobs": []} if item["type"] == "message" else {}
+        return [self._event(_TEXT_EVENT[item["type"]] + ".done", item_id=item["id"], output_index=output_index,
+                            content_index=0, text=part["text"], **done),
+                self._event("response.content_part.done", item_id=item["id"], output_index=output_index,
                             content_index=0, part=dict(part)),
                 self._event("response.output_item.done", output_index=output_index,
-                            item={**message, "content": [dict(part)]})]
+                            item={**item, "content": [dict(part)]})]
 
     def end(self) -> list[dict]:
         kind = "response.incomplete" if self.status == "incomplete" else "response.completed"
@@ -171,5 +193,8 @@ class ResponseChunks(ChatChunks):
         return self.response()
 
 
+_TEXT_EVENT = {"message": "response.output_text", "reasoning": "response.reasoning_text"}
+
+
 def _copy_item(item: dict) -> dict:
-    return {**item, "content": [dict(p) for p in item["content"]]} if item["type"] == "message" else dict(item)
+    return {**item, "content": [dict(p) for p in item["content"]]} if "content" in item else dict(item)

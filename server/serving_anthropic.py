@@ -66,17 +66,22 @@ class MessageChunks(ChatChunks):
     def start(self) -> list[dict]:
         return [{"type": "message_start", "message": self.message([], None, 0)}]
 
+    def _parsed_delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
+        # ChatChunks parses when it has tools (or, where it has one, a reasoning parser: is_parsed)
+        if getattr(self, "is_parsed", self.tools is not None):
+            return self._delta(index, text, is_finished)
+        return pc.DeltaMessage(content=text or None)
+
     def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> list[dict]:
-        return self._on_delta(self._delta(index, text) if self.tools is not None else pc.DeltaMessage(content=text))
+        return self._on_delta(self._parsed_delta(index, text))
 
     def _on_delta(self, delta: pc.DeltaMessage) -> list[dict]:
         events = []
+        thought = getattr(delta, "reasoning_content", None)  # a reasoning model's thinking, first
+        if thought:
+            events += self._add_text("thinking", thought)
         if delta.content:
-            if self._open is None or self.blocks[self._open]["type"] != "text":
-                events += self._stop_block() + self._start_block({"type": "text", "text": ""})
-            self.blocks[self._open]["text"] += delta.content
-            events.append({"type": "content_block_delta", "index": self._open,
-                           "delta": {"type": "text_delta", "text": delta.content}})
+            events += self._add_text("text", delta.content)
         for call in delta.tool_calls or []:
             if call.id is not None:
                 events += self._stop_block() + self._start_block(
@@ -91,6 +96,17 @@ class MessageChunks(ChatChunks):
                                "delta": {"type": "input_json_delta", "partial_json": fragment}})
         return events
 
+    def _add_text(self, kind: str, text: str) -> list[dict]:
+        """Text for a ``text`` block (text_delta) or a ``thinking`` block (thinking_delta)."""
+        events = []
+        if self._open is None or self.blocks[self._open]["type"] != kind:
+            block = {"type": "text", "text": ""} if kind == "text" else {"type": "thinking", "thinking": "", "signature": ""}
+            events += self._stop_block() + self._start_block(block)
+        self.blocks[self._open][kind] += text
+        delta = {"type": "text_delta", "text": text} if kind == "text" else {"type": "thinking_delta", "thinking": text}
+        events.append({"type": "content_block_delta", "index": self._open, "delta": delta})
+        return events
+
     def _start_block(self, block: dict) -> list[dict]:
         self.blocks.append(block)
         self._open = len(self.blocks) - 1
@@ -103,8 +119,7 @@ class MessageChunks(ChatChunks):
         return [{"type": "content_block_stop", "index": index}]
 
     def finish_chunk(self, index: int, reason: str) -> list[dict]:
-        events = self._on_delta(self._delta(index, "", is_finished=True)) if self.tools is not None else []
-        events += self._stop_block()
+        events = self._on_delta(self._parsed_delta(index, "", is_finished=True)) + self._stop_block()
         if reason == "stop" and self.stop_sequence is not None:
             self.stop_reason = "stop_sequence"
         elif reason == "stop" and any(b["type"] == "tool_use" for b in self.blocks):

@@ -1,22 +1,28 @@
 """/v1/responses and /v1/messages keep the chat endpoint's guarantees: a client that leaves
 aborts its engine request, the request timeout stops the generation, a failure after the 200
-is an in-band event in each API's own shape, and the metrics count them."""
+is an in-band event in each API's own shape, and the metrics count them. And a reasoning model's
+thinking (chat deltas with reasoning_content) becomes a reasoning item / a thinking block."""
 from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
-from anthropic.types import RawMessageStreamEvent
+from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 
 from server.app import create_app
+from server.protocol_responses import ResponsesRequest
+from server.responses_events import ResponseChunks
 from server.serving import OpenAIServing
+from server.serving_anthropic import MessageChunks
 from server.settings import Settings
 from tests.server.conftest import make_client
 from tests.server.fake_engine import FakeEngine
 from tests.server.named_events import check_response_events, parse_named_sse, strict_sdk
 from tests.server.test_cancel import call_and_leave
+from tests.spec_validator import validate
 
 BODIES = {"/v1/responses": {"model": "m", "input": "x"},
           "/v1/messages": {"model": "m", "max_tokens": 200, "messages": [{"role": "user", "content": "x"}]}}
@@ -89,3 +95,35 @@ def test_finished_generations_are_counted(client):
     metrics = client.get("/metrics").text
     assert 'gptserve:request_success_total{finish_reason="stop"} 2.0' in metrics
     assert "gptserve:e2e_request_latency_seconds_count 2.0" in metrics
+
+
+def thought_then_answer(chunks) -> list[dict]:
+    """What a reasoning model's chat deltas (reasoning_content, then content) make of ``chunks``."""
+    deltas = [SimpleNamespace(reasoning_content=t, content=c, tool_calls=None)
+              for t, c in (("Paris is ", None), ("in France.", None), (None, "Paris."))]
+    return [e for delta in deltas for e in chunks._on_delta(delta)] + chunks.finish_chunk(0, "stop")
+
+
+def test_reasoning_becomes_a_reasoning_item_before_the_message():
+    chunks = ResponseChunks("resp_1", "m", None, ResponsesRequest(input="x"))
+    events = check_response_events(chunks.start() + thought_then_answer(chunks) + chunks.end())
+    assert [e["type"] for e in events[2:9]] == [
+        "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
+        "response.reasoning_text.delta", "response.reasoning_text.done", "response.content_part.done",
+        "response.output_item.done"]
+    final = validate(events[-1]["response"], "Response")
+    reasoning, message = final["output"]
+    assert reasoning["type"] == "reasoning" and reasoning["content"][0]["text"] == "Paris is in France."
+    assert message["content"][0]["text"] == "Paris."
+
+
+def test_reasoning_becomes_a_thinking_block_before_the_text():
+    chunks = MessageChunks("msg_1", "m", None, 5)
+    events = chunks.start() + thought_then_answer(chunks) + chunks.end()
+    adapter = TypeAdapter(RawMessageStreamEvent)
+    for event in events:
+        strict_sdk(adapter, event)
+    starts = [e["content_block"]["type"] for e in events if e["type"] == "content_block_start"]
+    assert starts == ["thinking", "text"]
+    message = strict_sdk(Message, chunks.full_response())
+    assert message.content[0].thinking == "Paris is in France." and message.content[1].text == "Paris."
