@@ -5,9 +5,8 @@
 order: an output item is added, its content part is added, text deltas, then the part, the text
 and the item are done (a ``reasoning`` item the same way, with ``reasoning_text`` events, where
 the chat path splits a model's thinking off as ``reasoning_content``); a function call is added,
-its argument deltas follow, then done. The
-full (non-streamed) response is the same builder's final state, so a streamed and a full
-response of the same generation have the same output items.
+its argument deltas follow, then done. The full (non-streamed) response is the same builder's
+final state, so a streamed and a full response of the same generation have the same items.
 """
 from __future__ import annotations
 

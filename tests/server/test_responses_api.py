@@ -220,3 +220,14 @@ def test_readme_responses_table_covers_the_spec():
     for row in rows:
         if row[1].strip() in ("no", "partly", "accepted"):
             assert len(row[2].strip()) > 20, row
+
+
+def test_input_items_pages_with_after(client):
+    body = post(client, {"input": [{"role": "user", "content": f"turn {i}"} for i in range(5)]}).json()
+    url = f"/v1/responses/{body['id']}/input_items"
+    first = client.get(url, params={"order": "asc", "limit": 2}).json()
+    rest = client.get(url, params={"order": "asc", "limit": 10, "after": first["last_id"]}).json()
+    texts = [i["content"][0]["text"] for i in first["data"] + rest["data"]]
+    assert texts == [f"turn {i}" for i in range(5)] and first["has_more"] and not rest["has_more"]
+    check_error(client.get(url, params={"limit": 0}), 400)
+    check_error(client.get(url, params={"after": "msg_unknown"}), 404)
