@@ -30,12 +30,17 @@ async def count_message_tokens(body: CountTokensRequest, raw_request: Request):
     return await count_tokens(serving_for(raw_request, body.model), body)
 
 
-def reshape_error(status_code: int, body: bytes) -> bytes:
+NO_KEY = "You didn't provide an API key. Send it as 'x-api-key: <key>' (or 'Authorization: Bearer <key>')."
+
+
+def reshape_error(status_code: int, body: bytes, has_key: bool = True) -> bytes:
     """An OpenAI error body (or any other) → Anthropic's error body."""
     try:
         message = json.loads(body)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = body.decode("utf-8", "replace") or f"HTTP {status_code}"
+    if status_code == 401 and not has_key:  # name the header this API's clients use
+        message = NO_KEY
     return json.dumps(anthropic_error(status_code, message)).encode()
 
 
@@ -51,6 +56,7 @@ class AnthropicMiddleware:
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
+        has_key = any(name in (b"authorization", b"x-api-key") for name, _ in headers)
         if not any(name == b"authorization" for name, _ in headers):
             key = next((value for name, value in headers if name == b"x-api-key"), None)
             if key is not None:
@@ -69,7 +75,7 @@ class AnthropicMiddleware:
             parts.append(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            body = reshape_error(error_start["status"], b"".join(parts))
+            body = reshape_error(error_start["status"], b"".join(parts), has_key)
             kept = [(k, v) for k, v in error_start["headers"] if k.lower() != b"content-length"]
             await send({**error_start, "headers": [*kept, (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
