@@ -35,7 +35,7 @@ logger = logging.getLogger("gptserve.server")
 # the routes admission counts and caps (embeddings too: they take the CPU or GPU as generation does)
 GENERATION_ROUTE_NAMES = frozenset({
     "create_completion", "create_chat_completion", "create_engine_completion", "create_engine_chat_completion",
-    "create_embedding"})
+    "create_embedding", "create_response", "create_message"})
 # answered while draining: probes say 503 themselves, and metrics keep being scraped
 DRAIN_EXEMPT_ROUTE_NAMES = frozenset({"health", "ready", "metrics"})
 # a JSON body's bytes per prompt token, roughly (English text is ~4 characters a token)

@@ -24,7 +24,11 @@ from server.limits import BodySizeLimitMiddleware
 from server.logfilter import install_log_sanitizer
 from server.metrics import MetricsMiddleware, ServerMetrics
 from server.registry import CombinedStats, ModelRegistry
+from server.response_store import ResponseStore
 from server.routes import router
+from server.routes_anthropic import AnthropicMiddleware
+from server.routes_anthropic import router as anthropic_router
+from server.routes_responses import router as responses_router
 from server.routes_tokens import router as tokens_router
 from server.serving import OpenAIServing
 from server.settings import ModelSpec, Settings
@@ -163,10 +167,13 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
     app.state.admission = Admission(settings.max_num_seqs + settings.max_queued_requests,
                                     max_queued_tokens=settings.max_queued_tokens,
                                     request_timeout=settings.request_timeout)
+    app.state.response_store = ResponseStore(settings.response_store_max_responses,
+                                             settings.response_store_max_bytes, is_keyed=checker.is_enabled)
     install_error_handlers(app)
     # flat (not include_router, which nests them in one opaque route): auth resolves each
     # request to the very route object the app's router will dispatch it to
-    app.router.routes.extend(router.routes + tokens_router.routes + embeddings_router.routes)
+    app.router.routes.extend(router.routes + tokens_router.routes + embeddings_router.routes
+                             + responses_router.routes + anthropic_router.routes)
     if STATIC_DIR.is_dir():  # after the API routes: they win over files of the same name
         app.router.routes.append(ChatPageMount("/", app=ChatPage(directory=STATIC_DIR, html=True), name="static"))
     # the last added runs first: error counting, CORS (answers preflights), auth, admission
@@ -179,4 +186,5 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allowed_origins,
                            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(AnthropicMiddleware, router=app.router)  # Anthropic's key header and error shape
     return app

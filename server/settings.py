@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         None, gt=0, description="seconds a generation request may take, queue included; past it 408 (default: none)")
     drain_timeout: float = Field(30.0, ge=0, description="on SIGTERM: seconds to let in-flight requests finish before exiting")
     metrics_public: bool = Field(False, description="serve /metrics without an API key (for scrapers that cannot send one)")
+    response_store_max_responses: int = Field(
+        1000, ge=0, description="stored /v1/responses kept per API key, in memory (oldest dropped first; 0 = none)")
+    response_store_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="bytes of stored /v1/responses kept per API key (oldest dropped first)")
     fault_injection_step: int | None = Field(
         None, ge=0, description="tests only: the engine's forward pass at this step raises", json_schema_extra={"hidden": True})
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info", description="log verbosity")
