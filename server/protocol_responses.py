@@ -161,8 +161,6 @@ class ResponsesRequest(RequestModel):
             "top_logprobs": "logprobs are not returned by this endpoint yet" if self.top_logprobs else None,
             "prompt_cache_retention": "the prefix cache lives in memory only" if self.prompt_cache_retention == "24h" else None,
             "service_tier": "there is one tier" if self.service_tier not in (None, "auto", "default") else None,
-            "reasoning": ("the models served do not reason apart from their answer"
-                          if self.reasoning and self.reasoning.get("effort") not in (None, "none") else None),
             "text.verbosity": ("nothing steers a model's verbosity faithfully"
                                if self.text and self.text.verbosity not in (None, "medium") else None),
             "include": ("logprobs are not returned by this endpoint yet"

@@ -22,8 +22,9 @@ from server.serving_chat import ChatChunks
 class ResponseChunks(ChatChunks):
     """One response's output items and stream events (``n`` is 1 on this endpoint)."""
 
-    def __init__(self, request_id: str, model: str, strings, request: ResponsesRequest, *, tools=None) -> None:
-        super().__init__(request_id, model, 1, False, strings, None, tools=tools)
+    def __init__(self, request_id: str, model: str, strings, request: ResponsesRequest, *, tools=None,
+                 reasoning: bool | None = None) -> None:
+        super().__init__(request_id, model, 1, False, strings, None, tools=tools, reasoning=reasoning)
         self.request = request
         self.created_at = int(time.time())
         self.sequence_number = 0
@@ -50,7 +51,7 @@ class ResponseChunks(ChatChunks):
 
     def _parsed_delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
         # ChatChunks parses when it has tools (or, where it has one, a reasoning parser: is_parsed)
-        if getattr(self, "is_parsed", self.tools is not None):
+        if self.is_parsed:
             return self._delta(index, text, is_finished)
         return pc.DeltaMessage(content=text or None)
 

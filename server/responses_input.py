@@ -71,7 +71,7 @@ def items_to_messages(items: list[dict]) -> list[dict]:
 
 
 _PARAM_NAMES = {"messages": "input", "max_completion_tokens": "max_output_tokens", "response_format": "text.format",
-                "max_tokens": "max_output_tokens"}
+                "max_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort"}
 
 
 def rename_param(param: str | None) -> str | None:
@@ -95,6 +95,8 @@ def to_chat_request(request: ResponsesRequest, items: list[dict]) -> ChatComplet
             body[name] = getattr(request, name)
     if request.max_output_tokens is not None:
         body["max_completion_tokens"] = request.max_output_tokens
+    if request.reasoning and request.reasoning.get("effort") is not None:
+        body["reasoning_effort"] = request.reasoning["effort"]  # a model that does not reason refuses it
     if request.tools:
         body["tools"] = [{"type": "function", "function": {
             "name": t.name, **({"description": t.description} if t.description else {}),

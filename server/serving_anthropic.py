@@ -18,7 +18,7 @@ from server import protocol_chat as pc
 from server.protocol_anthropic import CountTokensRequest, MessagesRequest
 from server.serving import OpenAIServing
 from server.serving_chat import ChatChunks
-from server.serving_events import named_event_stream, prepare_chat
+from server.serving_events import named_event_stream
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error",
@@ -38,8 +38,9 @@ def tool_use_id(call_id: str) -> str:
 class MessageChunks(ChatChunks):
     """One message's content blocks and stream events (``n`` is 1 on this endpoint)."""
 
-    def __init__(self, request_id: str, model: str, strings, num_prompt_tokens: int, *, tools=None) -> None:
-        super().__init__(request_id, model, 1, False, strings, None, tools=tools)
+    def __init__(self, request_id: str, model: str, strings, num_prompt_tokens: int, *, tools=None,
+                 reasoning: bool | None = None) -> None:
+        super().__init__(request_id, model, 1, False, strings, None, tools=tools, reasoning=reasoning)
         self.num_prompt_tokens_known = num_prompt_tokens
         self.blocks: list[dict] = []  # content blocks, in order; tool_use input kept as JSON text until the end
         self._open: int | None = None  # index of the block being written
@@ -68,7 +69,7 @@ class MessageChunks(ChatChunks):
 
     def _parsed_delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
         # ChatChunks parses when it has tools (or, where it has one, a reasoning parser: is_parsed)
-        if getattr(self, "is_parsed", self.tools is not None):
+        if self.is_parsed:
             return self._delta(index, text, is_finished)
         return pc.DeltaMessage(content=text or None)
 
@@ -164,14 +165,14 @@ def _json_object(text: str) -> dict:
 
 async def count_tokens(serving: OpenAIServing, request: CountTokensRequest) -> JSONResponse:
     serving.resolve_model(request.model)
-    return JSONResponse({"input_tokens": len(serving.chat.prompt(request.to_chat_request()))})
+    return JSONResponse({"input_tokens": len(serving.chat.prompt(request.to_chat_request())[1])})
 
 
 async def create_message(serving: OpenAIServing, request: MessagesRequest):
     model_name = serving.resolve_model(request.model)
-    prompts, params, tools = await prepare_chat(serving, request.to_chat(), "messages")
+    prompts, params, tools, reasoning = await serving.chat.prepare(request.to_chat(), "messages")
     chunks = MessageChunks(f"msg_{uuid.uuid4().hex}", model_name, serving.chat.strings, len(prompts[0]),
-                           tools=tools if tools.is_active else None)
+                           tools=tools if tools.is_active else None, reasoning=reasoning)
     if request.stream:
         return named_event_stream(serving, prompts, params, chunks)
     return JSONResponse(await serving.collect(prompts, params, chunks))

@@ -77,16 +77,20 @@ class ChatServing:
         # the template writes the special tokens (BOS, <|im_start|>) itself
         return text, self.tokenizer.encode(text, add_special_tokens=False)
 
-    async def create(self, request: pc.ChatCompletionRequest, model: str | None = None):
+    async def prepare(self, request: pc.ChatCompletionRequest, what: str = "messages"):
+        """What every chat-shaped endpoint (chat, /v1/responses, /v1/messages) does before generating:
+        (prompts, params, tools, reasoning) — the prompt's token ids (template, tools), the checked
+        sampling params with the request's guide (structured output, forced calls), the tools, and
+        ``reasoning`` for ChatChunks (None: the model does not reason; else whether the output
+        begins inside the thinking). ``what``: the request field named by prompt errors."""
         serving = self.serving
-        model_name = serving.resolve_model(model or request.model)
         parser = serving.reasoning_parser
         if parser is None and request.reasoning_effort not in (None, "none"):
             raise bad_request("Not supported yet: reasoning_effort (this model does not reason apart from its "
                               "answer).", param="reasoning_effort", code="unsupported_parameter")
         text, ids = self.prompt(request)
         prompts = [ids]
-        params = serving.check_request(request, prompts, "messages")
+        params = serving.check_request(request, prompts, what)
         tools = request.tool_settings()
         tools.format = serving.tool_format
         # a reasoning model thinks first: grammars (structured output, forced tool calls) hold after </think>
@@ -94,10 +98,15 @@ class ChatServing:
         thinking = None if parser is None else "inside" if is_thinking else "may_open"
         params.guide = await serving.structured.aguide_for(request, tools.grammar() if tools.is_active else None,
                                                            thinking)
+        return prompts, params, tools, (None if parser is None else is_thinking)
+
+    async def create(self, request: pc.ChatCompletionRequest, model: str | None = None):
+        serving = self.serving
+        model_name = serving.resolve_model(model or request.model)
+        prompts, params, tools, reasoning = await self.prepare(request)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         chunks = ChatChunks(request_id, model_name, params.n, request.include_usage, self.strings, params.logprobs,
-                            tools=tools if tools.is_active else None,
-                            reasoning=None if parser is None else is_thinking)
+                            tools=tools if tools.is_active else None, reasoning=reasoning)
         if request.stream:
             return serving.sse(prompts, params, chunks)
         return JSONResponse(await serving.collect(prompts, params, chunks))

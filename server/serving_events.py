@@ -1,5 +1,5 @@
-"""Shared by /v1/responses and /v1/messages: the chat path up to the engine for a translated
-request, and the SSE stream of named events (``event: <type>``) both APIs send."""
+"""Shared by /v1/responses and /v1/messages: the SSE stream of named events (``event: <type>``)
+both APIs send. (The chat path up to the engine is ``ChatServing.prepare``.)"""
 from __future__ import annotations
 
 import json
@@ -7,20 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 from engine import SamplingParams
 from server.generation import Generation
-from server.protocol_chat import ChatCompletionRequest
 from server.serving import SSE_PING_SECONDS, OpenAIServing, SSEResponse
-from server.tools import ToolSettings
-
-
-async def prepare_chat(serving: OpenAIServing, request: ChatCompletionRequest,
-                       what: str) -> tuple[list[list[int]], SamplingParams, ToolSettings]:
-    """What the chat endpoint does before generating: the prompt's token ids (template, tools),
-    the checked sampling params with the request's guide (structured output, forced calls), the tools."""
-    prompts = [serving.chat.prompt(request)]
-    params = serving.check_request(request, prompts, what)
-    tools = request.tool_settings()
-    params.guide = await serving.structured.aguide_for(request, tools.grammar() if tools.is_active else None)
-    return prompts, params, tools
 
 
 def sse_events(events: list[dict]) -> bytes:

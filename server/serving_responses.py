@@ -10,7 +10,7 @@ from server.response_store import ResponseStore
 from server.responses_events import ResponseChunks
 from server.responses_input import check_supported, normalize_items, rename_param, to_chat_request
 from server.serving import OpenAIServing
-from server.serving_events import named_event_stream, prepare_chat
+from server.serving_events import named_event_stream
 
 CONVERSATION_ITEM_TYPES = ("message", "function_call", "function_call_output")
 
@@ -35,12 +35,12 @@ async def create_response(serving: OpenAIServing, store: ResponseStore, namespac
     items = conversation(store, namespace, request)
     chat_request = to_chat_request(request, items)
     try:
-        prompts, params, tools = await prepare_chat(serving, chat_request, "input")
+        prompts, params, tools, reasoning = await serving.chat.prepare(chat_request, "input")
     except APIError as exc:  # the chat request's field names → this request's
         exc.param = rename_param(exc.param)
         raise
     chunks = ResponseChunks(new_id("resp"), model_name, serving.chat.strings, request,
-                            tools=tools if tools.is_active else None)
+                            tools=tools if tools.is_active else None, reasoning=reasoning)
 
     def on_done(response: dict) -> None:
         if request.store is not False:
