@@ -24,6 +24,7 @@ from server.limits import BodySizeLimitMiddleware
 from server.logfilter import install_log_sanitizer
 from server.metrics import MetricsMiddleware, ServerMetrics
 from server.registry import CombinedStats, ModelRegistry
+from server.request_limits import RequestLimits
 from server.routes import router
 from server.routes_tokens import router as tokens_router
 from server.serving import OpenAIServing
@@ -78,6 +79,13 @@ def build_engine(settings: Settings, spec: ModelSpec | None = None, is_default: 
         fault_injection_step=settings.fault_injection_step))
 
 
+def request_limits(settings: Settings) -> RequestLimits:
+    """What one request may ask for: never more sequences than the scheduler runs at once."""
+    max_sequences = min(settings.max_sequences_per_request or settings.max_num_seqs, settings.max_num_seqs)
+    return RequestLimits(max_sequences=max_sequences, max_logprobs=settings.max_logprobs_per_request,
+                         grammar_cache_bytes=int(settings.grammar_cache_mb * 2**20))
+
+
 def build_embedder(settings: Settings) -> Embedder:
     """Blocking: reads the embedding model's weights and tokenizer."""
     return Embedder(settings.embedding_spec.path, device=settings.device, dtype=settings.dtype)
@@ -112,7 +120,8 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
                     await asyncio.to_thread(build_engine, settings, spec, i == 0)
                 app.state.engines.append(engine)
                 await engine.start()
-                serving = OpenAIServing(engine, spec.names, on_engine_dead=on_fatal, metrics=app.state.metrics)
+                serving = OpenAIServing(engine, spec.names, on_engine_dead=on_fatal, metrics=app.state.metrics,
+                                        limits=request_limits(settings))
                 if i == 0:
                     app.state.engine, app.state.serving = engine, serving
                 else:

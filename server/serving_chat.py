@@ -4,7 +4,6 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from fastapi.responses import JSONResponse
 
 from engine import TokenLogprob
 from server import protocol_chat as pc
@@ -82,7 +81,7 @@ class ChatServing:
                             tools=tools if tools.is_active else None)
         if request.stream:
             return serving.sse(prompts, params, chunks)
-        return JSONResponse(await serving.collect(prompts, params, chunks))
+        return await serving.respond(prompts, params, chunks)
 
 
 class ChatChunks(Chunks):

@@ -10,7 +10,6 @@ import dataclasses
 import uuid
 from typing import TYPE_CHECKING
 
-from fastapi.responses import JSONResponse
 
 from engine import RequestOutput, TokenLogprob
 from server import protocol_completions as pc
@@ -101,7 +100,7 @@ class CompletionServing:
                                   is_echo_only=request.is_echo_only)
         if request.stream:
             return serving.sse(prompts, params, chunks)
-        return JSONResponse(await serving.collect(prompts, params, chunks))
+        return await serving.respond(prompts, params, chunks)
 
 
 class CompletionChunks(Chunks):
@@ -143,11 +142,15 @@ class CompletionChunks(Chunks):
         chunks = []
         prompt_ids = self.prompts[k]
         entries = out.prompt_logprobs or [None] * len(prompt_ids)
+        piece = self._piece(k * self.n, entries, prompt_ids)  # built once; every choice echoes the same
         for i in range(self.n):
             index = k * self.n + i
             self.texts[index] = self.echo_texts[k]
-            piece = self._piece(index, entries, prompt_ids)
-            chunks.append(self._chunk([pc.CompletionChoice(index=index, text=self.echo_texts[k], logprobs=piece)]))
+            if i and piece is not None:
+                self.builders[index] = self.builders[k * self.n].copy()
+                self.pieces[index] = [piece]
+            chunk = self._chunk([pc.CompletionChoice(index=index, text=self.echo_texts[k], logprobs=piece)])
+            chunks.append(chunk)
         return chunks
 
     def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str:

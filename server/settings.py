@@ -95,6 +95,14 @@ class Settings(BaseSettings):
         None, ge=1, description="prompt tokens held waiting for prefill; past it, 429 with Retry-After (default: no cap)")
     request_timeout: float | None = Field(
         None, gt=0, description="seconds a generation request may take, queue included; past it 408 (default: none)")
+    max_sequences_per_request: int | None = Field(
+        None, ge=1, description="prompts × n (or best_of) one request may ask for; more is a 400 "
+        "(default and ceiling: --max-num-seqs, what the scheduler runs at once)")
+    max_logprobs_per_request: int = Field(
+        500_000, ge=1, description="logprob entries one response may hold (tokens × (logprobs + 1) over every choice, "
+        "echoed prompt included); more is a 400")
+    grammar_cache_mb: float = Field(
+        256.0, gt=0, description="memory for compiled structured-output grammars (estimated); least recently used go first")
     drain_timeout: float = Field(30.0, ge=0, description="on SIGTERM: seconds to let in-flight requests finish before exiting")
     metrics_public: bool = Field(False, description="serve /metrics without an API key (for scrapers that cannot send one)")
     fault_injection_step: int | None = Field(

@@ -1,0 +1,151 @@
+"""Cheap denial of service, as small bounded load tests on loopback against one real server
+(tiny model) shared by the whole module: every limit holds, and /health keeps answering."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.reliability.conftest import ServerProcess
+from tests.spec_validator import validate_error
+
+MAX_NUM_SEQS = 8
+MAX_LOGPROBS = 10_000
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    proc = ServerProcess(tiny_model, tmp_path_factory.mktemp("dos") / "server.log",
+                         "--max-model-len", "512", "--max-num-seqs", str(MAX_NUM_SEQS),
+                         "--max-queued-requests", "8", "--max-logprobs-per-request", str(MAX_LOGPROBS))
+    proc.wait_ready()
+    yield proc
+    proc.stop()
+
+
+def error_of(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    return validate_error(response.json())["error"]
+
+
+class HealthProbe:
+    """GET /health every 50 ms on its own thread while a load runs; ``worst`` is the slowest answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                start = time.perf_counter()
+                try:
+                    status = client.get(f"{self.url}/health").status_code
+                    if status != 200:
+                        self.failures.append(f"status {status}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.latencies.append(time.perf_counter() - start)
+                self._stop.wait(0.05)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def worst(self) -> float:
+        return max(self.latencies)
+
+
+# ----- 2 and 3: what one request may ask for -------------------------------------------------
+
+def test_more_sequences_than_the_scheduler_runs_is_a_400_naming_the_limit(server):
+    for body in ({"prompt": "Hi", "n": MAX_NUM_SEQS + 1},
+                 {"prompt": ["a", "b", "c"], "n": 3},  # prompts × n
+                 {"prompt": "Hi", "n": 1, "best_of": MAX_NUM_SEQS + 1}):
+        r = httpx.post(f"{server.url}/v1/completions", headers=server.headers, json={"max_tokens": 2, **body})
+        error = error_of(r, 400)
+        assert error["code"] == "too_many_sequences" and error["param"] == "n", error
+        assert str(MAX_NUM_SEQS) in error["message"] and "--max-sequences-per-request" in error["message"]
+    chat = httpx.post(f"{server.url}/v1/chat/completions", headers=server.headers, json={
+        "messages": [{"role": "user", "content": "hi"}], "n": MAX_NUM_SEQS + 1, "max_tokens": 2})
+    assert error_of(chat, 400)["code"] == "too_many_sequences"
+
+
+def test_echoed_logprobs_past_the_output_budget_are_a_400(server):
+    # the issue's request, scaled: a short body asking for n × prompt × (logprobs + 1) entries
+    body = {"prompt": [28] * 400, "n": MAX_NUM_SEQS, "echo": True, "logprobs": 5, "max_tokens": 0}
+    with HealthProbe(server.url) as probe:
+        r = httpx.post(f"{server.url}/v1/completions", headers=server.headers, json=body, timeout=30)
+    error = error_of(r, 400)
+    assert error["code"] == "too_many_logprobs" and error["param"] == "logprobs", error
+    assert str(MAX_LOGPROBS) in error["message"] and "--max-logprobs-per-request" in error["message"]
+    assert probe.worst < 1.0 and not probe.failures
+    chat = httpx.post(f"{server.url}/v1/chat/completions", headers=server.headers, json={
+        "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 20, "max_tokens": 480})
+    assert error_of(chat, 400)["code"] == "too_many_logprobs"
+
+
+def test_echoed_logprobs_within_the_budget_are_the_same_in_every_choice(server):
+    body = {"prompt": [28, 29, 30] * 100, "n": 3, "echo": True, "logprobs": 2, "max_tokens": 0}
+    r = httpx.post(f"{server.url}/v1/completions", headers=server.headers, json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    choices = r.json()["choices"]
+    assert len(choices) == 3
+    first = choices[0]["logprobs"]
+    assert len(first["tokens"]) == 300 and first["token_logprobs"][0] is None
+    assert first["text_offset"] == sorted(first["text_offset"])
+    assert all(c["logprobs"] == first and c["text"] == choices[0]["text"] for c in choices)
+
+
+def test_one_requests_fan_out_delays_another_request_by_a_bounded_amount(server):
+    async def main():
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=120) as client:
+            big_done = asyncio.Event()
+
+            async def big():
+                body = {"prompt": "Hello", "n": MAX_NUM_SEQS, "max_tokens": 480, "ignore_eos": True,
+                        "temperature": 1.0, "seed": 1, "stream": True}
+                async with client.stream("POST", "/v1/completions", json=body) as response:
+                    assert response.status_code == 200
+                    num_events, finished = 0, {}
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data: {"):
+                            continue
+                        num_events += 1
+                        if num_events == 2 * MAX_NUM_SEQS:  # every choice is generating
+                            started.set()
+                        for choice in json.loads(line[6:])["choices"]:
+                            if choice["finish_reason"]:
+                                finished[choice["index"]] = choice["finish_reason"]
+                big_done.set()
+                return finished
+
+            started = asyncio.Event()
+            big_task = asyncio.create_task(big())
+            await asyncio.wait_for(started.wait(), 60)
+            start = time.perf_counter()
+            short = await client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "ignore_eos": True,
+                                                               "temperature": 0})
+            latency = time.perf_counter() - start
+            was_big_running = not big_done.is_set()
+            finished = await big_task
+            return short, latency, was_big_running, finished
+
+    short, latency, was_big_running, finished = asyncio.run(main())
+    assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 4, short.text
+    # a slot is handed over within a step or two, not after the fan-out's 8 × 480 tokens
+    assert was_big_running, "the short request waited for the whole fan-out"
+    assert latency < 2.0, latency
+    assert finished == {i: "length" for i in range(MAX_NUM_SEQS)}  # and the fan-out lost nothing
