@@ -177,10 +177,12 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
     app.router.routes.extend(router.routes + tokens_router.routes + embeddings_router.routes)
     if STATIC_DIR.is_dir():  # after the API routes: they win over files of the same name
         app.router.routes.append(ChatPageMount("/", app=ChatPage(directory=STATIC_DIR, html=True), name="static"))
-    # the last added runs first: error counting, CORS (answers preflights), auth, admission
-    # (429/503 before the body is even read), then the body limit
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    # the last added runs first: error counting, CORS (answers preflights), auth, the body
+    # (read in full under its size limit and timeout), then admission (429/503 before the body
+    # is parsed; a client slow to send its body holds no slot)
     app.add_middleware(AdmissionMiddleware, admission=app.state.admission, router=app.router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes,
+                       body_timeout=settings.body_timeout)
     auth = PublicMetricsAPIKeyMiddleware if settings.metrics_public else APIKeyMiddleware
     app.add_middleware(auth, checker=checker, router=app.router)
     if settings.cors_allowed_origins:

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     api_key: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted API keys (repeat the flag; comma-separated in the env); none = open")
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    body_timeout: float = Field(30.0, gt=0, description="seconds a request body may take to arrive; past it 408 and the "
+                                "connection is closed (the request holds no admission slot meanwhile)")
     cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS; empty = CORS off")
     # limits and failure behaviour

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 
@@ -15,13 +16,16 @@ from tests.spec_validator import validate_error
 
 MAX_NUM_SEQS = 8
 MAX_LOGPROBS = 10_000
+MAX_IN_FLIGHT = MAX_NUM_SEQS + 8  # --max-queued-requests 8
+BODY_TIMEOUT = 2.0
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     proc = ServerProcess(tiny_model, tmp_path_factory.mktemp("dos") / "server.log",
                          "--max-model-len", "512", "--max-num-seqs", str(MAX_NUM_SEQS),
-                         "--max-queued-requests", "8", "--max-logprobs-per-request", str(MAX_LOGPROBS))
+                         "--max-queued-requests", "8", "--max-logprobs-per-request", str(MAX_LOGPROBS),
+                         "--body-timeout", str(BODY_TIMEOUT))
     proc.wait_ready()
     yield proc
     proc.stop()
@@ -149,3 +153,39 @@ def test_one_requests_fan_out_delays_another_request_by_a_bounded_amount(server)
     assert was_big_running, "the short request waited for the whole fan-out"
     assert latency < 2.0, latency
     assert finished == {i: "length" for i in range(MAX_NUM_SEQS)}  # and the fan-out lost nothing
+
+
+# ----- 4: slow bodies ---------------------------------------------------------------------------
+
+def read_response(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_slow_bodies_hold_no_admission_slot_and_time_out_with_408(server):
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.headers['Authorization'][7:]}"
+            f"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n").encode()
+    sockets = []
+    try:
+        for _ in range(MAX_IN_FLIGHT + 4):  # more than every slot there is
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+            sock.sendall(head + b'{"pro')
+            sockets.append(sock)
+        start = time.perf_counter()
+        with HealthProbe(server.url) as probe:
+            r = httpx.post(f"{server.url}/v1/completions", headers=server.headers,
+                           json={"prompt": "Hi", "max_tokens": 2}, timeout=30)
+            assert r.status_code == 200, r.text  # the slow ones hold no slot
+            answers = [read_response(sock) for sock in sockets]  # each ends with the server closing
+        elapsed = time.perf_counter() - start
+    finally:
+        for sock in sockets:
+            sock.close()
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"body_timeout" in answer
+    assert elapsed < BODY_TIMEOUT + 5
+    assert probe.worst < 1.0 and not probe.failures
