@@ -33,10 +33,11 @@ from server.auth import resolve_route_name
 from server.errors import APIError
 
 logger = logging.getLogger("gptserve.server")
-# the routes admission counts and caps (embeddings too: they take the CPU or GPU as generation does)
+# the routes admission counts and caps (embeddings too: they take the CPU or GPU as generation
+# does; /tokenize and /detokenize: a large text takes seconds of a worker thread)
 GENERATION_ROUTE_NAMES = frozenset({
     "create_completion", "create_chat_completion", "create_engine_completion", "create_engine_chat_completion",
-    "create_embedding"})
+    "create_embedding", "tokenize", "detokenize"})
 # answered while draining: probes say 503 themselves, and metrics keep being scraped
 DRAIN_EXEMPT_ROUTE_NAMES = frozenset({"health", "ready", "metrics"})
 # a JSON body's bytes per prompt token, roughly (English text is ~4 characters a token)

@@ -1,6 +1,7 @@
 """/v1/chat/completions: messages → chat template → engine request → chat.completion bodies."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
@@ -72,7 +73,7 @@ class ChatServing:
     async def create(self, request: pc.ChatCompletionRequest, model: str | None = None):
         serving = self.serving
         model_name = serving.resolve_model(model or request.model)
-        prompts = [self.prompt(request)]
+        prompts = [await asyncio.to_thread(self.prompt, request)]  # templating and tokenizing: off the event loop
         params = serving.check_request(request, prompts, "messages")
         tools = request.tool_settings()
         params.guide = await serving.structured.aguide_for(request, tools.grammar() if tools.is_active else None)

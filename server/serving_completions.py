@@ -6,6 +6,7 @@ Beyond plain generation: ``echo`` (the prompt, and its logprobs, before the comp
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from typing import TYPE_CHECKING
@@ -87,16 +88,18 @@ class CompletionServing:
         serving = self.serving
         model_name = serving.resolve_model(model or request.model)
         self.check(request)
+        # tokenizing (a prompt may be megabytes) runs on a worker thread, off the event loop
         if request.suffix:
-            prompts = self.fill_in_the_middle(request.prompt, request.suffix)
+            prompts = await asyncio.to_thread(self.fill_in_the_middle, request.prompt, request.suffix)
         else:
-            prompts = self.prompts(request.prompt)
+            prompts = await asyncio.to_thread(self.prompts, request.prompt)
         params = serving.check_request(request, prompts, "prompt")
         params.guide = await serving.structured.aguide_for(request)
         request_id = f"cmpl-{uuid.uuid4().hex}"
+        echo_texts = await asyncio.to_thread(self.echo_texts, request.prompt, prompts) if request.echo else None
         chunks = CompletionChunks(request_id, model_name, params.n, request.include_usage, self.strings,
                                   request.logprobs, num_choices=request.num_choices, prompts=prompts,
-                                  echo_texts=self.echo_texts(request.prompt, prompts) if request.echo else None,
+                                  echo_texts=echo_texts,
                                   is_echo_only=request.is_echo_only)
         if request.stream:
             return serving.sse(prompts, params, chunks)

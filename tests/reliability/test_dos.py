@@ -189,3 +189,54 @@ def test_slow_bodies_hold_no_admission_slot_and_time_out_with_408(server):
         assert b"body_timeout" in answer
     assert elapsed < BODY_TIMEOUT + 5
     assert probe.worst < 1.0 and not probe.failures
+
+
+# ----- 5: tokenizing and templating off the event loop ----------------------------------------
+
+def test_megabyte_prompts_do_not_stall_the_event_loop(server):
+    text = "hello world, what a day " * 20_000  # ~0.5 MB
+    messages = [{"role": "user", "content": text}]
+
+    async def main():
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=120) as client:
+            return await asyncio.gather(
+                client.post("/tokenize", json={"prompt": text}),
+                client.post("/tokenize", json={"messages": messages}),
+                client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1}),
+                client.post("/v1/completions", json={"prompt": text, "max_tokens": 1}))
+
+    with HealthProbe(server.url) as probe:
+        responses = asyncio.run(main())
+    for r in responses[:2]:
+        assert r.status_code == 200 and r.json()["count"] > 50_000, r.text[:300]
+    for r in responses[2:]:  # too long for the context: a 400 after tokenizing, not a stall
+        assert error_of(r, 400)["code"] == "context_length_exceeded"
+    assert len(probe.latencies) >= 3 and probe.worst < 1.0, probe.latencies
+    assert not probe.failures
+
+
+def test_tokenize_and_detokenize_are_under_admission(server):
+    async def main():
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=120) as client:
+            started = [asyncio.Event() for _ in range(MAX_IN_FLIGHT)]
+
+            async def hold(k: int):  # a stream that takes one admission slot until cancelled
+                body = {"prompt": "Hello", "max_tokens": 480, "ignore_eos": True, "stream": True}
+                async with client.stream("POST", "/v1/completions", json=body) as response:
+                    started[k].set()
+                    async for _ in response.aiter_bytes():
+                        pass
+
+            holders = [asyncio.create_task(hold(k)) for k in range(MAX_IN_FLIGHT)]
+            try:
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 60)
+                return (await client.post("/tokenize", json={"prompt": "hi"}),
+                        await client.post("/detokenize", json={"tokens": [30, 31]}))
+            finally:
+                for task in holders:
+                    task.cancel()
+                await asyncio.gather(*holders, return_exceptions=True)
+
+    for r in asyncio.run(main()):
+        assert error_of(r, 429)["code"] == "server_overloaded"
+    assert httpx.post(f"{server.url}/tokenize", headers=server.headers, json={"prompt": "hi"}).status_code == 200
