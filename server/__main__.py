@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pydantic import ValidationError
@@ -64,6 +65,15 @@ def serve(argv: list[str]) -> int:
                             timeout_graceful_shutdown=5)  # after the drain: only cut streams are left
     server = DrainingServer(config, app.state.admission, drain_timeout=settings.drain_timeout)
     server.run()
+    loader = app.state.loader_thread
+    if loader is not None and loader.is_alive():
+        # stopped (SIGTERM, or a fatal error) while weights were still loading: the load cannot be
+        # interrupted and nothing else is left to finish, so exit now rather than wait for it
+        logging.getLogger("gptserve.server").info("stopped while a model was loading; exiting without waiting for it")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
     return exit_code
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Callable
@@ -91,6 +93,30 @@ def build_embedder(settings: Settings) -> Embedder:
     return Embedder(settings.embedding_spec.path, device=settings.device, dtype=settings.dtype)
 
 
+async def in_loader_thread(app: FastAPI, build: Callable, *args):
+    """``build(*args)`` on a daemon thread of its own, awaited. Loading weights cannot be
+    interrupted, and a thread of asyncio's executor would hold the process at exit until the load
+    ended; a daemon thread does not, so SIGTERM during a load stops the server at once
+    (``server.__main__`` then exits without waiting for it)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def run() -> None:
+        if app.state.load_delay:  # tests only: a load that takes this long
+            time.sleep(app.state.load_delay)
+        try:
+            result = build(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_exception(exc))
+        else:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(result))
+
+    thread = threading.Thread(target=run, name="gptserve-loader", daemon=True)
+    app.state.loader_thread = thread
+    thread.start()
+    return await future
+
+
 def describe(engine, names: list[str], settings: Settings, checker: APIKeyChecker) -> str:
     inner = getattr(engine, "engine", engine)  # AsyncEngine wraps an LLMEngine that knows these
     kv_tokens = getattr(inner, "num_kv_tokens", None)
@@ -117,7 +143,7 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
         try:
             for i, spec in enumerate(settings.model_specs):
                 engine = (app.state.engine if i == 0 else None) or \
-                    await asyncio.to_thread(build_engine, settings, spec, i == 0)
+                    await in_loader_thread(app, build_engine, settings, spec, i == 0)
                 app.state.engines.append(engine)
                 await engine.start()
                 serving = OpenAIServing(engine, spec.names, on_engine_dead=on_fatal, metrics=app.state.metrics,
@@ -128,7 +154,7 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
                     models.set_serving(i, serving)
                 logger.info(describe(engine, spec.names, settings, checker))
             if settings.embedding_spec is not None:
-                embedder = await asyncio.to_thread(build_embedder, settings)
+                embedder = await in_loader_thread(app, build_embedder, settings)
                 app.state.embedder = embedder
                 await embedder.start()
                 models.embeddings = EmbeddingServing(embedder, settings.embedding_spec.names)
@@ -166,6 +192,8 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
                                      settings.embedding_spec.names if settings.embedding_spec else None,
                                      get_default=lambda: app.state.serving)
     app.state.load_failed = False
+    app.state.loader_thread = None  # the thread loading a model's weights, if any
+    app.state.load_delay = settings.fault_injection_load_seconds
     # engine gauges and counters summed over the models
     app.state.metrics = ServerMetrics(lambda: CombinedStats(app.state.engines) if app.state.engines else None)
     app.state.admission = Admission(settings.max_num_seqs + settings.max_queued_requests,

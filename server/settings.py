@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(False, description="serve /metrics without an API key (for scrapers that cannot send one)")
     fault_injection_step: int | None = Field(
         None, ge=0, description="tests only: the engine's forward pass at this step raises", json_schema_extra={"hidden": True})
+    fault_injection_load_seconds: float | None = Field(
+        None, ge=0, description="tests only: loading each model first waits this long", json_schema_extra={"hidden": True})
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info", description="log verbosity")
 
     @field_validator("model", "served_model_name", "api_key", "cors_allowed_origins", mode="before")
