@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     api_key: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted API keys (repeat the flag; comma-separated in the env); none = open")
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    max_header_bytes: int = Field(16384, ge=1024, description="the request line and headers together; past it 414 "
+                                  "(a long URL) or 431, and the connection is closed")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a request's headers may take to arrive; past it 408 "
+                                  "and the connection is closed")
+    keep_alive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open")
+    max_connections: int | None = Field(
+        None, ge=1, description="open connections at most; one more gets 503 and is closed at once "
+        "(default: --max-num-seqs + --max-queued-requests + 128)")
     body_timeout: float = Field(30.0, gt=0, description="seconds a request body may take to arrive; past it 408 and the "
                                 "connection is closed (the request holds no admission slot meanwhile)")
     cors_allowed_origins: Annotated[list[str], NoDecode] = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import socket
 import threading
 import time
@@ -18,6 +19,9 @@ MAX_NUM_SEQS = 8
 MAX_LOGPROBS = 10_000
 MAX_IN_FLIGHT = MAX_NUM_SEQS + 8  # --max-queued-requests 8
 BODY_TIMEOUT = 2.0
+HEADER_TIMEOUT = 2.0
+MAX_HEADER_BYTES = 16384  # the default
+MAX_CONNECTIONS = 48
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +29,8 @@ def server(tiny_model, tmp_path_factory):
     proc = ServerProcess(tiny_model, tmp_path_factory.mktemp("dos") / "server.log",
                          "--max-model-len", "512", "--max-num-seqs", str(MAX_NUM_SEQS),
                          "--max-queued-requests", "8", "--max-logprobs-per-request", str(MAX_LOGPROBS),
-                         "--body-timeout", str(BODY_TIMEOUT))
+                         "--body-timeout", str(BODY_TIMEOUT), "--header-timeout", str(HEADER_TIMEOUT),
+                         "--max-connections", str(MAX_CONNECTIONS))
     proc.wait_ready()
     yield proc
     proc.stop()
@@ -70,6 +75,97 @@ class HealthProbe:
     @property
     def worst(self) -> float:
         return max(self.latencies)
+
+
+# ----- 1: the request head, idle connections, the number of connections ----------------------
+
+FLOOD_MAX_BYTES = 16 << 20
+
+
+def flood(port: int, head: bytes, filler: bytes, max_bytes: int = FLOOD_MAX_BYTES) -> tuple[bytes, int]:
+    """Send ``head`` then ``filler`` without end until the server answers or closes (or
+    ``max_bytes`` went out): (its answer, bytes sent)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(head)
+        num_sent = len(head)
+        try:
+            while num_sent < max_bytes and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(filler)
+                num_sent += len(filler)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            return read_response(sock), num_sent
+        except ConnectionResetError:
+            return b"(reset)", num_sent
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"GET /", 414),  # an endless URL
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ", 431),  # one endless header value
+    (b"GET / HTTP/1.1\r\nHost: x\r\n", 431),  # endless headers
+])
+def test_an_endless_request_head_is_refused_within_its_limit(server, head, status):
+    filler = b"a" * 4096 if status == 414 or b"X-Long" in head else b"X-Pad: " + b"a" * 4000 + b"\r\n"
+    results = []
+    with HealthProbe(server.url) as probe:
+        threads = [threading.Thread(target=lambda: results.append(flood(server.port, head, filler))) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    # answered with the status; a client that kept writing megabytes past the answer may see the
+    # connection reset instead (the server drops a bounded amount of it before closing)
+    assert any(answer.startswith(b"HTTP/1.1 %d " % status) for answer, _ in results), results[0][0][:200]
+    for answer, num_sent in results:
+        assert answer.startswith(b"HTTP/1.1 %d " % status) or answer == b"(reset)", answer[:200]
+        # answered long before the flood's end: the limit plus what the sockets' buffers hold
+        assert num_sent < FLOOD_MAX_BYTES // 2
+    assert probe.worst < 1.0 and not probe.failures
+
+
+def test_a_head_over_the_limit_in_one_piece_never_reaches_the_app(server):
+    head = (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: " + server.headers["Authorization"].encode()
+            + b"\r\nX-Big: " + b"a" * MAX_HEADER_BYTES + b"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(head)
+        answer = read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b'"object": "list"' not in answer, answer[:300]
+    ok = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Fine: " + b"a" * (MAX_HEADER_BYTES // 2) + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(ok)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+def test_unfinished_heads_are_closed_after_the_header_timeout(server):
+    sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=15) for _ in range(10)]
+    try:
+        start = time.perf_counter()
+        for sock in sockets:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        answers = [read_response(sock) for sock in sockets]
+        elapsed = time.perf_counter() - start
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers[0][:200]
+    assert HEADER_TIMEOUT - 0.5 < elapsed < HEADER_TIMEOUT + 5
+
+
+def test_connections_past_the_cap_are_refused_at_once(server):
+    sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=15) for _ in range(MAX_CONNECTIONS + 5)]
+    try:
+        time.sleep(0.5)  # the server has seen them all
+        refused = [s for s in sockets if select.select([s], [], [], 0)[0]]
+        answers = [read_response(s) for s in refused]
+        assert len(refused) >= 5 and all(a.startswith(b"HTTP/1.1 503 ") for a in answers), answers[:1]
+        # the idle ones (no byte sent) are closed by the header timeout: the server is free again
+        for sock in sockets:
+            read_response(sock)
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
 
 
 # ----- 2 and 3: what one request may ask for -------------------------------------------------
