@@ -43,5 +43,5 @@ def test_more_choices_than_slots_run_in_turns_and_lose_nothing(tiny_llama):
     assert [c.index for c in choices] == list(range(7))
     assert len({tuple(c.token_ids) for c in choices}) == 1  # every choice continues the same prompt
     assert engine.stats().max_batch_size_seen <= 3
-    expected = engine_for(tiny_llama).generate([p], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+    expected = engine.generate([p], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
     assert choices[0].token_ids == expected[0][0].token_ids
