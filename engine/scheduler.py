@@ -96,8 +96,9 @@ class Scheduler:
         return best
 
     def _make_room_for_waiting(self, counts: dict[str, int]) -> bool:
-        """All slots taken and a request waits with none running: the request holding the most
-        slots gives its newest sequence back. True if one was preempted."""
+        """All slots taken while the next waiting sequence's request runs at least two fewer than
+        the request holding the most: that one gives its newest sequence back (one a step, so the
+        slots even out without thrashing). True if one was preempted."""
         if len(self.running) < self.max_num_seqs or not self.waiting:
             return False
         waiting_count = counts.get(self.waiting[self._next_waiting(counts)].request_id, 0)
