@@ -1,10 +1,15 @@
 """Continuous batching: which sequences run this step, and how many tokens each.
 
 Every running sequence gets its next token(s) first (decodes, or the rest of a chunked
-prefill); waiting sequences then take what is left of the token budget, oldest first, their
-prompts cut into chunks so a long prompt never stalls the others. When the KV pool runs out, the
-newest running sequence is preempted (its blocks freed, recomputed later) rather than any
-request failing.
+prefill); waiting sequences then take what is left of the token budget, their prompts cut into
+chunks so a long prompt never stalls the others. When the KV pool runs out, the newest running
+sequence is preempted (its blocks freed, recomputed later) rather than any request failing.
+
+Fair between requests: never more than ``max_num_seqs`` sequences run; a waiting sequence of the
+request with the fewest running sequences goes first (oldest first among equals), and when every
+slot is taken while a request waits with none, the request holding the most slots gives one
+back (preempted, recomputed later from the prefix cache). So one request's ``n`` choices delay
+another request by about a step, not by the whole fan-out.
 """
 from __future__ import annotations
 
@@ -72,11 +77,52 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
+    def _num_running_by_request(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for seq in self.running:
+            counts[seq.request_id] = counts.get(seq.request_id, 0) + 1
+        return counts
+
+    def _next_waiting(self, counts: dict[str, int]) -> int:
+        """Index in ``waiting`` of the sequence to admit next: of the request with the fewest
+        running sequences, the oldest (the queue's order among equals)."""
+        best, best_count = 0, None
+        for i, seq in enumerate(self.waiting):
+            count = counts.get(seq.request_id, 0)
+            if best_count is None or count < best_count:
+                best, best_count = i, count
+                if count == 0:
+                    break
+        return best
+
+    def _make_room_for_waiting(self, counts: dict[str, int]) -> bool:
+        """All slots taken while the next waiting sequence's request runs at least two fewer than
+        the request holding the most: that one gives its newest sequence back (one a step, so the
+        slots even out without thrashing). True if one was preempted."""
+        if len(self.running) < self.max_num_seqs or not self.waiting:
+            return False
+        waiting_count = counts.get(self.waiting[self._next_waiting(counts)].request_id, 0)
+        greedy = max(counts, key=counts.get)
+        if counts[greedy] <= waiting_count + 1:
+            return False  # already as even as it can be: nobody gives way
+        for i in range(len(self.running) - 1, -1, -1):
+            if self.running[i].request_id == greedy:
+                victim = self.running.pop(i)
+                break
+        self.block_manager.free(victim)
+        victim.status = SequenceStatus.WAITING
+        self.waiting.append(victim)  # behind the requests it gave way to
+        self.num_preemptions += 1
+        counts[greedy] -= 1
+        return True
+
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         bm = self.block_manager
         preempted = False
+        counts = self._num_running_by_request()
+        self._make_room_for_waiting(counts)
 
         scheduled: list[Sequence] = []
         i = 0
@@ -98,16 +144,17 @@ class Scheduler:
             i += 1
 
         while self.waiting and budget > 0 and not preempted:
-            seq = self.waiting[0]
-            num_seqs = len(self.running) + len(seq.children)
-            if num_seqs + 1 > self.max_num_seqs and self.running:
+            if len(self.running) >= self.max_num_seqs:
                 break
+            index = self._next_waiting(counts)
+            seq = self.waiting[index]
             hits = [] if seq.needs_prompt_logprobs else bm.lookup_prefix(seq)
             num_new = min(seq.num_tokens - len(hits) * bm.block_size, budget)
             if not bm.can_allocate(seq, hits, num_new):
                 break
             bm.allocate(seq, hits, num_new)
-            self.waiting.popleft()
+            del self.waiting[index]
+            counts[seq.request_id] = counts.get(seq.request_id, 0) + 1
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             scheduled.append(seq)
@@ -120,7 +167,10 @@ class Scheduler:
                 continue  # a prefill chunk that does not reach the end: nothing to sample yet
             out.sample_seqs.append(seq)
             out.sample_rows.append(row)
-            for child in seq.children:  # n > 1: siblings share the prompt's blocks from here on
+            room = max(0, self.max_num_seqs - len(self.running))
+            for child in seq.children[room:]:  # no slot now: queued on their own, their prompt
+                self.waiting.append(child)       # comes from the prefix cache when they start
+            for child in seq.children[:room]:  # n > 1: siblings share the prompt's blocks from here on
                 bm.fork(seq, child)
                 child.num_computed_tokens = seq.num_computed_tokens + num_new
                 child.status = SequenceStatus.RUNNING

@@ -22,6 +22,9 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>",
 # GGUF token types (llama.cpp's llama_token_type).
 TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
+# past this many characters encode (and decode, a quarter as many ids) run without the GIL, so a
+# caller on a worker thread leaves the event loop free; the short path stays the cheaper call
+LONG_TEXT_CHARS = 16384
 
 # llama.cpp splits on these before byte-level BPE (llama-vocab.cpp, by tokenizer.ggml.pre).
 _LLAMA3_SPLIT = (
@@ -233,13 +236,18 @@ class Tokenizer:
 
         BOS is prepended only when the model asks for it (add_bos_token) and it is not there yet.
         """
-        ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        if len(text) > LONG_TEXT_CHARS:  # encode_batch lets go of the GIL: the event loop runs meanwhile
+            ids = self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+        else:
+            ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
         if add_special_tokens and self.add_bos_token and (not ids or ids[0] != self.bos_token_id):
             ids.insert(0, self.bos_token_id)
         return ids
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of ``ids``; incomplete UTF-8 at the end decodes to U+FFFD."""
+        if len(ids) > LONG_TEXT_CHARS // 4:  # as encode: without the GIL
+            return self._tok.decode_batch([list(ids)], skip_special_tokens=skip_special_tokens)[0]
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def token_bytes(self, token_id: int) -> bytes:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pydantic import ValidationError
@@ -46,6 +47,7 @@ def serve(argv: list[str]) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.http_protocol import limited_protocol
     from server.shutdown import DrainingServer
 
     exit_code = 0
@@ -60,10 +62,22 @@ def serve(argv: list[str]) -> int:
     # time. 0.2 ms measured +10% output tokens/s at concurrency 16 (BENCHMARKS.md).
     sys.setswitchinterval(0.0002)
     app = create_app(settings, on_fatal=on_fatal)
+    max_connections = settings.max_connections or settings.max_num_seqs + settings.max_queued_requests + 128
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            http=limited_protocol(settings.max_header_bytes, settings.header_timeout, max_connections),
+                            timeout_keep_alive=settings.keep_alive_timeout,
                             timeout_graceful_shutdown=5)  # after the drain: only cut streams are left
     server = DrainingServer(config, app.state.admission, drain_timeout=settings.drain_timeout)
     server.run()
+    loader = app.state.loader_thread
+    if loader is not None and loader.is_alive():
+        # stopped (SIGTERM, or a fatal error) while weights were still loading: the load cannot be
+        # interrupted and nothing else is left to finish, so exit now rather than wait for it
+        logging.getLogger("gptserve.server").info("stopped while a model was loading; exiting without waiting for it")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
     return exit_code
 
 

@@ -1,7 +1,8 @@
 """Admission: how much work the server holds at once, for how long, and draining.
 
-Decided in ASGI middleware on the resolved route, before the body is read, parsed, templated
-or tokenized. A request counts from admission until its response has been sent in full
+Decided in ASGI middleware on the resolved route, once the body is in (server.limits reads it,
+under a size limit and a timeout) and before it is parsed, templated or tokenized: a client
+slow to send its body holds no slot. A request counts from admission until its response has been sent in full
 (a stream until its last event), so the count is what the server still owes clients.
 
 Two caps, each answered with 429, ``Retry-After`` and an OpenAI error of type "overloaded":
@@ -9,8 +10,8 @@ Two caps, each answered with 429, ``Retry-After`` and an OpenAI error of type "o
 - requests in flight: ``max_in_flight`` (running + queued requests);
 - queued prompt tokens: ``max_queued_tokens``, the prompt tokens admitted but not yet
   prefilled (a prompt leaves the queue with its first generated token). A new request's
-  prompt is *estimated* from its body size (``Content-Length`` / ``BYTES_PER_TOKEN``), since
-  nothing has been read yet; once serving has tokenized it, ``Generation`` replaces the
+  prompt is *estimated* from its body size (bytes / ``BYTES_PER_TOKEN``), since nothing has
+  been parsed yet; once serving has tokenized it, ``Generation`` replaces the
   estimate with the exact count. A request is never refused for its own size alone: with
   nothing queued it is admitted (the context length and the body limit bound it).
 
@@ -32,10 +33,11 @@ from server.auth import resolve_route_name
 from server.errors import APIError
 
 logger = logging.getLogger("gptserve.server")
-# the routes admission counts and caps (embeddings too: they take the CPU or GPU as generation does)
+# the routes admission counts and caps (embeddings too: they take the CPU or GPU as generation
+# does; /tokenize and /detokenize: a large text takes seconds of a worker thread)
 GENERATION_ROUTE_NAMES = frozenset({
     "create_completion", "create_chat_completion", "create_engine_completion", "create_engine_chat_completion",
-    "create_embedding", "create_response", "create_message"})
+    "create_embedding", "create_response", "create_message", "tokenize", "detokenize"})
 # answered while draining: probes say 503 themselves, and metrics keep being scraped
 DRAIN_EXEMPT_ROUTE_NAMES = frozenset({"health", "ready", "metrics"})
 # a JSON body's bytes per prompt token, roughly (English text is ~4 characters a token)
@@ -115,7 +117,11 @@ class Admission:
 
 
 def estimate_prompt_tokens(scope: Scope) -> int:
-    """The prompt tokens a request probably carries, from its declared body size (0 if none)."""
+    """The prompt tokens a request probably carries, from its body's size (read already, by
+    server.limits), else its declared size (0 if none)."""
+    num_bytes = scope.get("state", {}).get("body_bytes")
+    if num_bytes is not None:
+        return num_bytes // BYTES_PER_TOKEN
     declared = dict(scope["headers"]).get(b"content-length", b"")
     return int(declared) // BYTES_PER_TOKEN if declared.isdigit() else 0
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Callable
@@ -19,12 +21,13 @@ from server.admission import Admission, AdmissionMiddleware
 from server.auth import APIKeyChecker, APIKeyMiddleware, resolve_route_name
 from server.embeddings import EmbeddingServing
 from server.embeddings import router as embeddings_router
-from server.errors import APIError, install_error_handlers
+from server.errors import install_error_handlers
 from server.limits import BodySizeLimitMiddleware
 from server.logfilter import install_log_sanitizer
 from server.metrics import MetricsMiddleware, ServerMetrics
 from server.registry import CombinedStats, ModelRegistry
 from server.response_store import ResponseStore
+from server.request_limits import RequestLimits
 from server.routes import router
 from server.routes_anthropic import AnthropicMiddleware
 from server.routes_anthropic import router as anthropic_router
@@ -82,9 +85,41 @@ def build_engine(settings: Settings, spec: ModelSpec | None = None, is_default: 
         fault_injection_step=settings.fault_injection_step))
 
 
+def request_limits(settings: Settings) -> RequestLimits:
+    """What one request may ask for: never more sequences than the scheduler runs at once."""
+    max_sequences = min(settings.max_sequences_per_request or settings.max_num_seqs, settings.max_num_seqs)
+    return RequestLimits(max_sequences=max_sequences, max_logprobs=settings.max_logprobs_per_request,
+                         grammar_cache_bytes=int(settings.grammar_cache_mb * 2**20))
+
+
 def build_embedder(settings: Settings) -> Embedder:
     """Blocking: reads the embedding model's weights and tokenizer."""
     return Embedder(settings.embedding_spec.path, device=settings.device, dtype=settings.dtype)
+
+
+async def in_loader_thread(app: FastAPI, build: Callable, *args):
+    """``build(*args)`` on a daemon thread of its own, awaited. Loading weights cannot be
+    interrupted, and a thread of asyncio's executor would hold the process at exit until the load
+    ended; a daemon thread does not, so SIGTERM during a load stops the server at once
+    (``server.__main__`` then exits without waiting for it)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def run() -> None:
+        if app.state.load_delay:  # tests only: a load that takes this long
+            time.sleep(app.state.load_delay)
+        try:
+            result = build(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            # bound now: the name ``exc`` is gone once this block ends, before the loop runs the callback
+            loop.call_soon_threadsafe(lambda error=exc: future.done() or future.set_exception(error))
+        else:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(result))
+
+    thread = threading.Thread(target=run, name="gptserve-loader", daemon=True)
+    app.state.loader_thread = thread
+    thread.start()
+    return await future
 
 
 def describe(engine, names: list[str], settings: Settings, checker: APIKeyChecker) -> str:
@@ -113,18 +148,19 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
         try:
             for i, spec in enumerate(settings.model_specs):
                 engine = (app.state.engine if i == 0 else None) or \
-                    await asyncio.to_thread(build_engine, settings, spec, i == 0)
+                    await in_loader_thread(app, build_engine, settings, spec, i == 0)
                 app.state.engines.append(engine)
                 await engine.start()
                 serving = OpenAIServing(engine, spec.names, on_engine_dead=on_fatal, metrics=app.state.metrics,
-                                        reasoning_parser=settings.reasoning_parser)
+                                        reasoning_parser=settings.reasoning_parser,
+                                        limits=request_limits(settings))
                 if i == 0:
                     app.state.engine, app.state.serving = engine, serving
                 else:
                     models.set_serving(i, serving)
                 logger.info(describe(engine, spec.names, settings, checker))
             if settings.embedding_spec is not None:
-                embedder = await asyncio.to_thread(build_embedder, settings)
+                embedder = await in_loader_thread(app, build_embedder, settings)
                 app.state.embedder = embedder
                 await embedder.start()
                 models.embeddings = EmbeddingServing(embedder, settings.embedding_spec.names)
@@ -162,6 +198,8 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
                                      settings.embedding_spec.names if settings.embedding_spec else None,
                                      get_default=lambda: app.state.serving)
     app.state.load_failed = False
+    app.state.loader_thread = None  # the thread loading a model's weights, if any
+    app.state.load_delay = settings.fault_injection_load_seconds
     # engine gauges and counters summed over the models
     app.state.metrics = ServerMetrics(lambda: CombinedStats(app.state.engines) if app.state.engines else None)
     app.state.admission = Admission(settings.max_num_seqs + settings.max_queued_requests,
@@ -176,10 +214,12 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
                              + responses_router.routes + anthropic_router.routes)
     if STATIC_DIR.is_dir():  # after the API routes: they win over files of the same name
         app.router.routes.append(ChatPageMount("/", app=ChatPage(directory=STATIC_DIR, html=True), name="static"))
-    # the last added runs first: error counting, CORS (answers preflights), auth, admission
-    # (429/503 before the body is even read), then the body limit
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    # the last added runs first: error counting, CORS (answers preflights), auth, the body
+    # (read in full under its size limit and timeout), then admission (429/503 before the body
+    # is parsed; a client slow to send its body holds no slot)
     app.add_middleware(AdmissionMiddleware, admission=app.state.admission, router=app.router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes,
+                       body_timeout=settings.body_timeout)
     auth = PublicMetricsAPIKeyMiddleware if settings.metrics_public else APIKeyMiddleware
     app.add_middleware(auth, checker=checker, router=app.router)
     if settings.cors_allowed_origins:

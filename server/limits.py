@@ -1,4 +1,8 @@
-"""The request body limit: 413 with an OpenAI error body, which the client actually receives.
+"""The request body's limits: its size (413) and the time it may take to arrive (408).
+
+The body is read in full here, before admission counts the request: a client that sends its
+headers and then trickles (or never sends) the body holds a connection, not an admission slot,
+and past ``body_timeout`` seconds gets a 408 and a closed connection.
 
 A body over the limit, declared (``Content-Length``) or streamed, is refused before anything
 parses it. The refusal is sent at once (so a client that watches for an early answer, as curl
@@ -23,9 +27,10 @@ DRAIN_MAX_SECONDS = 30.0
 class BodySizeLimitMiddleware:
     """413 for bodies over ``max_bytes``, declared or streamed, before anything parses them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,17 +43,24 @@ class BodySizeLimitMiddleware:
         # read the (bounded) body now, then replay it; later receives go to the client as usual
         messages: list[Message] = []
         num_bytes = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            num_bytes += len(message.get("body", b""))
-            if num_bytes > self.max_bytes:
-                await self.refuse(receive, send, is_body_done=not message.get("more_body", False))
-                return
-            if not message.get("more_body", False):
-                break
+        with anyio.move_on_after(self.body_timeout) as timer:
+            while True:
+                message = await receive()
+                messages.append(message)
+                if message["type"] != "http.request":
+                    break
+                num_bytes += len(message.get("body", b""))
+                if num_bytes > self.max_bytes:
+                    await self.refuse(receive, send, is_body_done=not message.get("more_body", False))
+                    return
+                if not message.get("more_body", False):
+                    break
+        if timer.cancelled_caught:
+            response = APIError(408, f"The request body did not arrive within {self.body_timeout:g} s "
+                                     f"(--body-timeout).", code="body_timeout").response(headers={"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["body_bytes"] = num_bytes  # admission's estimate of the prompt
 
         async def replay() -> Message:
             return messages.pop(0) if messages else await receive()

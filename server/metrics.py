@@ -45,7 +45,7 @@ class EngineStatsCollector(Collector):
         counters = {
             "prompt_tokens": ("num_prompt_tokens", "Prefill tokens processed."),
             "generation_tokens": ("num_generation_tokens", "Generated tokens."),
-            "num_preemptions": ("num_preemptions", "Sequences preempted for lack of KV blocks."),
+            "num_preemptions": ("num_preemptions", "Sequences preempted for lack of KV blocks, or to give a waiting request a slot."),
             "prefix_cache_queries": ("num_prefix_queries", "Prompt tokens looked up in the prefix cache."),
             "prefix_cache_hits": ("num_prefix_hits", "Prompt tokens found in the prefix cache."),
         }

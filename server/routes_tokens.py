@@ -1,8 +1,12 @@
 """/tokenize and /detokenize (vLLM's shapes): what the server would feed the model, and back.
 
-Behind the API key like every route not named public in server/auth.py.
+Behind the API key like every route not named public in server/auth.py, and under admission
+(server/admission.py) like generation: a 4 MB text takes seconds to tokenize. The work runs on
+worker threads, so the event loop keeps answering everyone else meanwhile.
 """
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -31,16 +35,20 @@ def _tokenize(serving, body: TokenizeRequest) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=bool(body.add_special_tokens))
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", name="tokenize")
 async def tokenize(body: TokenizeRequest, raw_request: Request) -> JSONResponse:
     serving = serving_for(raw_request, body.model)  # the model the body names (several may be served)
-    tokens = _tokenize(serving, body)
-    strs = [serving.completion.strings(t)[0] for t in tokens] if body.return_token_strs else None
-    return JSONResponse(TokenizeResponse(count=len(tokens), max_model_len=serving.max_model_len, tokens=tokens,
-                                         token_strs=strs).model_dump())
+
+    def respond() -> JSONResponse:  # a long text's hundreds of thousands of ids: built and rendered here too
+        tokens = _tokenize(serving, body)
+        strs = [serving.completion.strings(t)[0] for t in tokens] if body.return_token_strs else None
+        return JSONResponse(TokenizeResponse(count=len(tokens), max_model_len=serving.max_model_len, tokens=tokens,
+                                             token_strs=strs).model_dump())
+
+    return await asyncio.to_thread(respond)
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", name="detokenize")
 async def detokenize(body: DetokenizeRequest, raw_request: Request) -> JSONResponse:
     serving = serving_for(raw_request, body.model)
     vocab_size = serving.tokenizer.vocab_size
@@ -48,4 +56,5 @@ async def detokenize(body: DetokenizeRequest, raw_request: Request) -> JSONRespo
     if bad is not None:
         raise bad_request(f"Token id {bad} is out of range (vocabulary size {vocab_size}).", param="tokens",
                           code="invalid_value")
-    return JSONResponse(DetokenizeResponse(prompt=serving.tokenizer.decode(body.tokens, skip_special_tokens=False)).model_dump())
+    text = await asyncio.to_thread(serving.tokenizer.decode, body.tokens, skip_special_tokens=False)
+    return JSONResponse(DetokenizeResponse(prompt=text).model_dump())

@@ -6,11 +6,13 @@ its ``n`` choices are numbered ``k * n + i`` in the response.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from engine import EngineDeadError, SamplingParams
@@ -22,6 +24,7 @@ from server.protocol_chat import ChatCompletionRequest
 from server.protocol_completions import CompletionRequest
 from server.reasoning import reasoning_parser_for
 from server.tool_formats import tool_format_for
+from server.request_limits import RequestLimits
 from server.serving_chat import ChatServing
 from server.serving_chunks import Chunks
 from server.serving_completions import CompletionServing
@@ -34,8 +37,9 @@ SSE_PING_SECONDS = 15  # comment lines keep idle streams alive through proxies
 class OpenAIServing:
     def __init__(self, engine, served_model_names: list[str],
                  on_engine_dead: Callable[[], None] | None = None, metrics: ServerMetrics | None = None,
-                 reasoning_parser: str = "auto") -> None:
+                 reasoning_parser: str = "auto", limits: RequestLimits | None = None) -> None:
         self.engine = engine
+        self.limits = limits or RequestLimits()
         self.metrics = metrics or ServerMetrics(lambda: engine)
         self.served_model_names = served_model_names
         self.tokenizer = engine.tokenizer
@@ -45,7 +49,8 @@ class OpenAIServing:
         self.is_engine_dead = False
         self.completion = CompletionServing(self)
         self.chat = ChatServing(self)
-        self.structured = StructuredOutput.for_engine(engine)  # grammars for structured output and tools
+        # grammars for structured output and tools, cached up to a byte budget
+        self.structured = StructuredOutput.for_engine(engine, max_bytes=self.limits.grammar_cache_bytes)
         # the <think> parser for a reasoning model (server/reasoning.py), None for the others
         self.reasoning_parser = reasoning_parser_for(reasoning_parser, getattr(self.tokenizer, "chat_template", None))
         # how the model writes tool calls, from its template (server/tool_formats.py)
@@ -102,7 +107,9 @@ class OpenAIServing:
                 raise bad_request(f"Token id {token_id} is out of range (vocabulary size {vocab_size}).")
         if self.is_engine_dead:
             raise APIError(503, "The inference engine has stopped; the server is restarting.")
-        return request.to_sampling_params(max_tokens)
+        params = request.to_sampling_params(max_tokens)
+        self.limits.check(prompts, params, self.max_model_len)
+        return params
 
     # ----- endpoints -----
 
@@ -126,19 +133,30 @@ class OpenAIServing:
         logger.error("engine error: %r", exc, exc_info=exc)
         return APIError(500, "The server had an error while generating the response.")
 
-    async def collect(self, prompts: list[list[int]], params: SamplingParams, chunks: Chunks) -> dict:
+    async def run(self, prompts: list[list[int]], params: SamplingParams, chunks: Chunks) -> None:
+        """Generate to the end, every output recorded in ``chunks``."""
         timer = self.metrics.timer()
         generation = Generation(self.engine, prompts, params, chunks.request_id)
         try:
             async for k, out in generation:
                 timer.output(k)
-                chunks.update(k, out)
+                if chunks.is_heavy(k, out):  # an echoed prompt's logprobs: built off the event loop
+                    await asyncio.to_thread(chunks.update, k, out)
+                else:
+                    chunks.update(k, out)
         except Exception as exc:
             raise self._engine_error(exc) from exc
         finally:
             await generation.close()
         timer.finished(chunks.finish_reasons)
-        return chunks.full_response()
+
+    async def respond(self, prompts: list[list[int]], params: SamplingParams, chunks: Chunks) -> JSONResponse:
+        """The full (not streamed) response. With logprobs it can be megabytes: built and
+        rendered on a worker thread, so the event loop keeps serving everyone else."""
+        await self.run(prompts, params, chunks)
+        if chunks.num_logprobs is None:
+            return JSONResponse(chunks.full_response())
+        return await asyncio.to_thread(lambda: JSONResponse(chunks.full_response()))
 
     def sse(self, prompts: list[list[int]], params: SamplingParams, chunks: Chunks) -> EventSourceResponse:
         async def events() -> AsyncIterator[bytes]:
@@ -151,6 +169,9 @@ class OpenAIServing:
                     yield sse_event(start)
                 async for k, out in generation:
                     timer.output(k)
+                    if chunks.is_heavy(k, out):  # an echoed prompt's logprobs: built off the event loop
+                        yield await asyncio.to_thread(lambda: sse_event(chunks.update(k, out)))
+                        continue
                     made = chunks.update(k, out)
                     if made:
                         yield sse_event(made)

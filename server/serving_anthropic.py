@@ -8,6 +8,7 @@ use Anthropic's shape, ``{"type": "error", "error": {"type", "message"}}``.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -165,7 +166,8 @@ def _json_object(text: str) -> dict:
 
 async def count_tokens(serving: OpenAIServing, request: CountTokensRequest) -> JSONResponse:
     serving.resolve_model(request.model)
-    return JSONResponse({"input_tokens": len(serving.chat.prompt(request.to_chat_request())[1])})
+    _, ids = await asyncio.to_thread(serving.chat.prompt, request.to_chat_request())  # off the event loop
+    return JSONResponse({"input_tokens": len(ids)})
 
 
 async def create_message(serving: OpenAIServing, request: MessagesRequest):
@@ -175,4 +177,4 @@ async def create_message(serving: OpenAIServing, request: MessagesRequest):
                            tools=tools if tools.is_active else None, reasoning=reasoning)
     if request.stream:
         return named_event_stream(serving, prompts, params, chunks)
-    return JSONResponse(await serving.collect(prompts, params, chunks))
+    return await serving.respond(prompts, params, chunks)

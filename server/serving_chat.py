@@ -1,10 +1,10 @@
 """/v1/chat/completions: messages → chat template → engine request → chat.completion bodies."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
-from fastapi.responses import JSONResponse
 
 from engine import TokenLogprob
 from server import protocol_chat as pc
@@ -88,7 +88,7 @@ class ChatServing:
         if parser is None and request.reasoning_effort not in (None, "none"):
             raise bad_request("Not supported yet: reasoning_effort (this model does not reason apart from its "
                               "answer).", param="reasoning_effort", code="unsupported_parameter")
-        text, ids = self.prompt(request)
+        text, ids = await asyncio.to_thread(self.prompt, request)  # templating and tokenizing: off the event loop
         prompts = [ids]
         params = serving.check_request(request, prompts, what)
         tools = request.tool_settings()
@@ -109,7 +109,7 @@ class ChatServing:
                             tools=tools if tools.is_active else None, reasoning=reasoning)
         if request.stream:
             return serving.sse(prompts, params, chunks)
-        return JSONResponse(await serving.collect(prompts, params, chunks))
+        return await serving.respond(prompts, params, chunks)
 
 
 class ChatChunks(Chunks):

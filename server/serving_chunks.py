@@ -87,6 +87,10 @@ class Chunks:
                            total_tokens=num_prompt + num_completion,
                            prompt_tokens_details=p.PromptTokensDetails(cached_tokens=num_cached))
 
+    def is_heavy(self, k: int, out: RequestOutput) -> bool:
+        """This update builds a prompt's logprobs (echo): thousands of entries, for a worker thread."""
+        return out.prompt_logprobs is not None and k not in self.num_prompt_tokens
+
     def prompt_started(self, k: int, out: RequestOutput) -> list[dict]:
         """The first output of prompt ``k`` arrived (completions' echo goes out here)."""
         return []

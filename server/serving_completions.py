@@ -6,11 +6,11 @@ Beyond plain generation: ``echo`` (the prompt, and its logprobs, before the comp
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from typing import TYPE_CHECKING
 
-from fastapi.responses import JSONResponse
 
 from engine import RequestOutput, TokenLogprob
 from server import protocol_completions as pc
@@ -88,20 +88,22 @@ class CompletionServing:
         serving = self.serving
         model_name = serving.resolve_model(model or request.model)
         self.check(request)
+        # tokenizing (a prompt may be megabytes) runs on a worker thread, off the event loop
         if request.suffix:
-            prompts = self.fill_in_the_middle(request.prompt, request.suffix)
+            prompts = await asyncio.to_thread(self.fill_in_the_middle, request.prompt, request.suffix)
         else:
-            prompts = self.prompts(request.prompt)
+            prompts = await asyncio.to_thread(self.prompts, request.prompt)
         params = serving.check_request(request, prompts, "prompt")
         params.guide = await serving.structured.aguide_for(request)
         request_id = f"cmpl-{uuid.uuid4().hex}"
+        echo_texts = await asyncio.to_thread(self.echo_texts, request.prompt, prompts) if request.echo else None
         chunks = CompletionChunks(request_id, model_name, params.n, request.include_usage, self.strings,
                                   request.logprobs, num_choices=request.num_choices, prompts=prompts,
-                                  echo_texts=self.echo_texts(request.prompt, prompts) if request.echo else None,
+                                  echo_texts=echo_texts,
                                   is_echo_only=request.is_echo_only)
         if request.stream:
             return serving.sse(prompts, params, chunks)
-        return JSONResponse(await serving.collect(prompts, params, chunks))
+        return await serving.respond(prompts, params, chunks)
 
 
 class CompletionChunks(Chunks):
@@ -143,11 +145,15 @@ class CompletionChunks(Chunks):
         chunks = []
         prompt_ids = self.prompts[k]
         entries = out.prompt_logprobs or [None] * len(prompt_ids)
+        piece = self._piece(k * self.n, entries, prompt_ids)  # built once; every choice echoes the same
         for i in range(self.n):
             index = k * self.n + i
             self.texts[index] = self.echo_texts[k]
-            piece = self._piece(index, entries, prompt_ids)
-            chunks.append(self._chunk([pc.CompletionChoice(index=index, text=self.echo_texts[k], logprobs=piece)]))
+            if i and piece is not None:
+                self.builders[index] = self.builders[k * self.n].copy()
+                self.pieces[index] = [piece]
+            chunk = self._chunk([pc.CompletionChoice(index=index, text=self.echo_texts[k], logprobs=piece)])
+            chunks.append(chunk)
         return chunks
 
     def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str:

@@ -53,6 +53,13 @@ class CompletionLogprobsBuilder:
         # characters complete so far; a token ending mid-character waits for the next one
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
+    def copy(self) -> CompletionLogprobsBuilder:
+        """A builder at the same point (the same character count, the same half character held)."""
+        twin = CompletionLogprobsBuilder(self.strings, self.num_top)
+        twin.num_chars = self.num_chars
+        twin._utf8.setstate(self._utf8.getstate())
+        return twin
+
     def piece(self, entries: list[TokenLogprob | None], token_ids: list[int] | None = None) -> pcomp.CompletionLogprobs:
         """``entries``: one per token; None for a token with no logprob (an echoed prompt's first),
         whose id then comes from ``token_ids``."""

@@ -48,7 +48,8 @@ async def create_response(serving: OpenAIServing, store: ResponseStore, namespac
 
     if request.stream:
         return named_event_stream(serving, prompts, params, chunks, on_done=lambda end: on_done(end[-1]["response"]))
-    body = await serving.collect(prompts, params, chunks)
+    await serving.run(prompts, params, chunks)
+    body = chunks.full_response()
     on_done(body)
     return JSONResponse(body)
 

@@ -89,6 +89,16 @@ class Settings(BaseSettings):
     api_key: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted API keys (repeat the flag; comma-separated in the env); none = open")
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    max_header_bytes: int = Field(16384, ge=1024, description="the request line and headers together; past it 414 "
+                                  "(a long URL) or 431, and the connection is closed")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a request's headers may take to arrive; past it 408 "
+                                  "and the connection is closed")
+    keep_alive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open")
+    max_connections: int | None = Field(
+        None, ge=1, description="open connections at most; one more gets 503 and is closed at once "
+        "(default: --max-num-seqs + --max-queued-requests + 128)")
+    body_timeout: float = Field(30.0, gt=0, description="seconds a request body may take to arrive; past it 408 and the "
+                                "connection is closed (the request holds no admission slot meanwhile)")
     cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS; empty = CORS off")
     # limits and failure behaviour
@@ -98,6 +108,14 @@ class Settings(BaseSettings):
         None, ge=1, description="prompt tokens held waiting for prefill; past it, 429 with Retry-After (default: no cap)")
     request_timeout: float | None = Field(
         None, gt=0, description="seconds a generation request may take, queue included; past it 408 (default: none)")
+    max_sequences_per_request: int | None = Field(
+        None, ge=1, description="prompts × n (or best_of) one request may ask for; more is a 400 "
+        "(default and ceiling: --max-num-seqs, what the scheduler runs at once)")
+    max_logprobs_per_request: int = Field(
+        500_000, ge=1, description="logprob entries one response may hold (tokens × (logprobs + 1) over every choice, "
+        "echoed prompt included); more is a 400")
+    grammar_cache_mb: float = Field(
+        256.0, gt=0, description="memory for compiled structured-output grammars (estimated); least recently used go first")
     drain_timeout: float = Field(30.0, ge=0, description="on SIGTERM: seconds to let in-flight requests finish before exiting")
     metrics_public: bool = Field(False, description="serve /metrics without an API key (for scrapers that cannot send one)")
     response_store_max_responses: int = Field(
@@ -106,6 +124,8 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=0, description="bytes of stored /v1/responses kept per API key (oldest dropped first)")
     fault_injection_step: int | None = Field(
         None, ge=0, description="tests only: the engine's forward pass at this step raises", json_schema_extra={"hidden": True})
+    fault_injection_load_seconds: float | None = Field(
+        None, ge=0, description="tests only: loading each model first waits this long", json_schema_extra={"hidden": True})
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info", description="log verbosity")
 
     @field_validator("model", "served_model_name", "api_key", "cors_allowed_origins", mode="before")

@@ -6,7 +6,10 @@ step's allowed-token bitmask. The engine sees only ``engine.guided.Guide``: an `
 wraps one ``LLMatcher``.
 
 Grammars are cached by their text (a compiled matcher at its start state, LRU), so a schema
-sent again costs a copy, not a compile. JSON is generated with fixed separators (``", "``,
+sent again costs a copy, not a compile. The cache is bounded by bytes, not entries: a compiled
+matcher takes about ``MATCHER_BYTES_PER_CHAR`` times its grammar text (measured: a 3 MB
+``guided_choice`` list held ~22 MB), the cache keeps the estimate under its budget, and a
+grammar larger than a quarter of the budget is compiled for its request but not kept. JSON is generated with fixed separators (``", "``,
 ``": "``) and no free whitespace, so a small model cannot wander into endless blank lines.
 """
 from __future__ import annotations
@@ -27,6 +30,8 @@ from server.errors import bad_request
 
 JSON_OPTIONS = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 MAX_CACHED_GRAMMARS = 256
+MATCHER_BYTES_PER_CHAR = 8  # a compiled matcher's memory per character of grammar text, roughly
+DEFAULT_CACHE_BYTES = 256 * 2**20
 _executor: llguidance.LLExecutor | None = None  # fills many rows' masks in parallel, made on first use
 _REGEX_META = set("\\.+*?()|[]{}^$#&-~")
 
@@ -139,9 +144,11 @@ def lark_string(text: str) -> str:
 class StructuredOutput:
     """One per model: the llguidance tokenizer (built on first use) and the grammar cache."""
 
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
+        self.max_bytes = max_bytes  # the cache's budget, in estimated bytes
+        self.num_cached_bytes = 0
         self._lltokenizer: llguidance.LLTokenizer | None = None
         self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
@@ -157,10 +164,10 @@ class StructuredOutput:
             return self._lltokenizer
 
     @classmethod
-    def for_engine(cls, engine) -> StructuredOutput:
+    def for_engine(cls, engine, max_bytes: int = DEFAULT_CACHE_BYTES) -> StructuredOutput:
         """Masks as wide as the model's logits, which may pass the tokenizer's vocabulary."""
         vocab_size = getattr(getattr(engine, "model_config", None), "vocab_size", None)
-        return cls(engine.tokenizer, vocab_size or engine.tokenizer.vocab_size)
+        return cls(engine.tokenizer, vocab_size or engine.tokenizer.vocab_size, max_bytes)
 
     def guide_for(self, request, tool_grammar: GrammarSpec | None = None,
                   thinking: str | None = None) -> LLGuide | None:
@@ -220,11 +227,27 @@ class StructuredOutput:
         matcher = llguidance.LLMatcher(self.lltokenizer, grammar, log_level=0)
         if matcher.is_error():
             raise GrammarError(f"invalid {_WHAT[spec.kind]}: {matcher.get_error()}", spec.param)
-        with self._lock:
-            self._cache[grammar] = matcher
-            if len(self._cache) > MAX_CACHED_GRAMMARS:
-                self._cache.popitem(last=False)
+        self._keep(grammar, matcher)
         return LLGuide(matcher.deep_copy())
+
+    def _keep(self, grammar: str, matcher: llguidance.LLMatcher) -> None:
+        """Cache the matcher, evicting the least recently used past the count or the byte budget."""
+        num_bytes = cached_bytes(grammar)
+        if num_bytes > self.max_bytes // 4:
+            return  # one such grammar would push out many: compiled per request instead
+        with self._lock:
+            if grammar in self._cache:
+                return
+            self._cache[grammar] = matcher
+            self.num_cached_bytes += num_bytes
+            while len(self._cache) > MAX_CACHED_GRAMMARS or self.num_cached_bytes > self.max_bytes:
+                evicted, _ = self._cache.popitem(last=False)
+                self.num_cached_bytes -= cached_bytes(evicted)
+
+
+def cached_bytes(grammar: str) -> int:
+    """The estimated memory of a cached grammar: its text and its compiled matcher."""
+    return len(grammar) * (1 + MATCHER_BYTES_PER_CHAR)
 
 
 # The thinking, one lazy lexeme: it ends at the first </think>.

@@ -43,6 +43,28 @@ def tiny_model(tmp_path_factory) -> str:
     return write_tiny_hf_model(str(tmp_path_factory.mktemp("tiny-llama")), arch="llama", seed=0)
 
 
+# the denial-of-service tests (test_dos_*.py) share one server with small limits
+DOS_MAX_NUM_SEQS = 8
+DOS_MAX_IN_FLIGHT = DOS_MAX_NUM_SEQS + 8  # --max-queued-requests 8
+DOS_MAX_LOGPROBS = 10_000
+DOS_BODY_TIMEOUT = 2.0
+DOS_HEADER_TIMEOUT = 2.0
+DOS_MAX_HEADER_BYTES = 16384  # the default
+DOS_MAX_CONNECTIONS = 48
+
+
+@pytest.fixture(scope="session")
+def dos_server(tiny_model, tmp_path_factory):
+    server = ServerProcess(tiny_model, tmp_path_factory.mktemp("dos") / "server.log",
+                           "--max-model-len", "512", "--max-num-seqs", str(DOS_MAX_NUM_SEQS),
+                           "--max-queued-requests", "8", "--max-logprobs-per-request", str(DOS_MAX_LOGPROBS),
+                           "--body-timeout", str(DOS_BODY_TIMEOUT), "--header-timeout", str(DOS_HEADER_TIMEOUT),
+                           "--max-connections", str(DOS_MAX_CONNECTIONS))
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def start_server(tiny_model, tmp_path):
     """start_server(*flags) → a ready ServerProcess, killed at the end of the test if still running."""

@@ -136,3 +136,18 @@ def test_lark_grammar(structured):
     spec = GrammarSpec("lark", 'start: "go " DIR\nDIR: "north" | "south"', "structured_outputs")
     assert run(structured, structured.guide(spec), "go north")
     assert not run(structured, structured.guide(spec), "go west")
+
+
+def test_the_grammar_cache_is_bounded_by_bytes(tmp_path):
+    tokenizer = Tokenizer.load(make_tiny_tokenizer_files(str(tmp_path)))
+    structured = StructuredOutput(tokenizer, VOCAB, max_bytes=2 * 2**20)
+    specs = [GrammarSpec("choice", [f"{k}-{i:05d}" for i in range(2000)], "guided_choice") for k in range(12)]
+    for spec in specs:  # ~25 KB of grammar text each: a dozen pass the budget's estimate
+        structured.guide(spec)
+        assert structured.num_cached_bytes <= structured.max_bytes
+    assert 0 < len(structured._cache) < len(specs)  # the oldest went first …
+    assert structured.grammar(specs[-1]) in structured._cache  # … the newest stays
+    huge = GrammarSpec("choice", [f"h-{i:06d}" for i in range(50_000)], "guided_choice")
+    assert run(structured, structured.guide(huge), "h-000123")  # served, but not kept: past a quarter
+    assert structured.grammar(huge) not in structured._cache
+    assert structured.num_cached_bytes <= structured.max_bytes
