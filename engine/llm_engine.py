@@ -20,7 +20,7 @@ from engine.layers.cpu_kernels import build_llama_stack
 from engine.layers.quant import CALIBRATION_TEXT, quantize_int8
 from engine.loader import default_model_path, load_checkpoint
 from engine.model_runner import ModelRunner
-from engine.models.llama import LlamaForCausalLM
+from engine.models.registry import INT8_ARCHITECTURES, model_class
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
@@ -84,13 +84,15 @@ class LLMEngine:
                                  model_config.max_position_embeddings)
         torch.manual_seed(config.seed)
         with torch.device("meta"):
-            model = LlamaForCausalLM(model_config, self.max_model_len)
+            model = model_class(model_config.architecture)(model_config, self.max_model_len)
         model = model.to_empty(device="cpu")
         model.tie_weights()
         model.load_weights(weights)
         del weights
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.reset_rotary(self.device)  # float32 tables, computed for real (not meta)
+        if config.quantization == "int8" and model_config.architecture not in INT8_ARCHITECTURES:
+            raise ValueError(f"quantization 'int8' does not cover the {model_config.architecture} family yet")
         if config.quantization == "int8":
             self.model = quantize_int8(self.model, self.device, self._calibration_forward)
         if config.cpu_kernels and self.device.type == "cpu":

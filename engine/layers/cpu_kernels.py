@@ -77,6 +77,10 @@ def load():
         return _module
 
 
+# The families the C++ stack computes exactly as engine/models/llama.py does; others run in Python.
+STACK_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
 def build_llama_stack(model):
     """A LlamaStack holding ``model``'s layers (float32 or int8 linears), or None when the
     kernels are unavailable or the model is not a float32 CPU model they cover."""
@@ -85,6 +89,8 @@ def build_llama_stack(model):
     if not enabled_by_env():
         return None
     cfg = model.config
+    if cfg.architecture not in STACK_ARCHITECTURES:
+        return None
     embed = model.embed_tokens.weight
     if embed.device.type != "cpu" or embed.dtype != torch.float32:
         return None
@@ -104,6 +110,8 @@ def build_llama_stack(model):
         qkv, qkv_bias = linear(attn.qkv_proj)
         stack.add_layer(layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach(),
                         qkv, qkv_bias, linear(attn.o_proj)[0], linear(mlp.gate_up_proj)[0], linear(mlp.down_proj)[0])
+        if cfg.qk_norm:
+            stack.set_qk_norm(attn.q_norm.weight.detach(), attn.k_norm.weight.detach())
     return stack
 
 

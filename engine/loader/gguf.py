@@ -37,7 +37,7 @@ SUPPORTED_TENSOR_TYPES = frozenset(
 )
 
 # GGUF "general.architecture" → our architecture name. llama.cpp writes Mistral as "llama".
-GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 
 # Architectures whose Q/K rows llama.cpp's convert_hf_to_gguf.py permutes (LlamaModel.modify_tensors;
 # Qwen2Model inherits from TextModel and writes them unchanged).
@@ -53,6 +53,8 @@ _LAYER_NAMES = {
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
     "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
@@ -232,6 +234,7 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
         rope_scaling=rope_scaling,
         tie_word_embeddings="output.weight" not in names,
         attention_bias=arch == "qwen2",
+        qk_norm=arch == "qwen3",
         bos_token_id=int(bos) if bos is not None else None,
         eos_token_ids=list(dict.fromkeys(int(i) for i in eos_ids)),
         name=md.get("general.name") or md.get("general.basename") or "model",

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral", "qwen3", "gpt2", "gemma3", "phi3")
 
 
 @dataclass
 class ModelConfig:
-    architecture: str  # "llama" | "qwen2" | "mistral" (SmolLM2 is "llama")
+    architecture: str  # one of SUPPORTED_ARCHITECTURES (SmolLM2 is "llama")
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -22,6 +22,7 @@ class ModelConfig:
     rope_scaling: dict | None = None
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # Qwen2 has q/k/v biases
+    qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm over each head of q and k before the rotation
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     name: str = "model"  # a human name, e.g. "SmolLM2-135M-Instruct"

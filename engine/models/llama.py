@@ -1,4 +1,4 @@
-"""The Llama family: Llama 2/3, SmolLM2, Mistral, Qwen2 (q/k/v biases).
+"""The Llama family: Llama 2/3, SmolLM2, Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k norms).
 
 RMSNorm, rotary embeddings, grouped-query attention over the paged cache, SwiGLU, tied or
 untied output embedding. Q/K/V and gate/up projections are fused into one matrix each.
@@ -35,6 +35,9 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
         self.scale = self.head_dim**-0.5
+        if cfg.qk_norm:  # Qwen3: one RMSNorm over head_dim, shared by every head
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
     def forward(self, x, rope, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         # x (T, hidden)
@@ -42,6 +45,8 @@ class LlamaAttention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)  # (T, Hq, D)
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, k, rope)
         out = paged_attention(q, k, v, kv_cache, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
@@ -147,6 +152,9 @@ class LlamaForCausalLM(nn.Module):
             if cfg.attention_bias:
                 put(dst + "self_attn.qkv_proj.bias", torch.cat([take(f"{src}self_attn.{p}_proj.bias") for p in "qkv"]))
             put(dst + "self_attn.o_proj.weight", take(src + "self_attn.o_proj.weight"))
+            if cfg.qk_norm:
+                put(dst + "self_attn.q_norm.weight", take(src + "self_attn.q_norm.weight"))
+                put(dst + "self_attn.k_norm.weight", take(src + "self_attn.k_norm.weight"))
             gate_up = [take(f"{src}mlp.{p}_proj.weight") for p in ("gate", "up")]
             put(dst + "mlp.gate_up_proj.weight", torch.cat(gate_up))
             put(dst + "mlp.down_proj.weight", take(src + "mlp.down_proj.weight"))

@@ -1,0 +1,91 @@
+"""Tiny random checkpoints of the families beyond Llama, written by Hugging Face transformers.
+
+Each is built from the family's own transformers config class, its weights drawn at random (far
+from the near-zero initialisation, so that logits differ clearly between tokens), and saved with
+``save_pretrained`` as safetensors beside the tiny tokenizer of tests/tiny_models.py. Where gguf's
+writer can express the family, :func:`write_family_gguf` writes the same weights as a GGUF file
+with llama.cpp's converter conventions (tensor names from gguf's own name map).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from tests.tiny_models import CHATML_TEMPLATE, SPECIAL_TOKENS, TOKENIZER_VOCAB_SIZE, make_tiny_tokenizer_files, train_tiny_tokenizer
+
+_COMMON = dict(vocab_size=TOKENIZER_VOCAB_SIZE, bos_token_id=0, eos_token_id=2, pad_token_id=0)
+
+
+def family_config(family: str):
+    """The transformers config of the tiny ``family`` model."""
+    import transformers
+
+    if family == "qwen3":
+        return transformers.Qwen3Config(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=64, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=False, **_COMMON)
+    raise ValueError(family)
+
+
+@torch.no_grad()
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=gen)
+        if p.ndim == 1:  # norm weights (around 1, or 0 where the norm adds 1) and biases
+            p.add_(noise * 0.1)
+        elif p.shape[0] == TOKENIZER_VOCAB_SIZE or "wpe" in name:  # embeddings: logits far from flat
+            p.copy_(noise * 0.25)
+        else:
+            p.copy_(noise * 0.6 / min(p.shape) ** 0.5)
+
+
+def write_family_hf(dir: str, family: str, *, seed: int = 0) -> str:
+    """A Hugging Face folder for ``family`` (config.json, model.safetensors, tokenizer); returns ``dir``."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(family_config(family), dtype=torch.float32)
+    _randomize(model, seed)
+    model.save_pretrained(dir, safe_serialization=True)
+    make_tiny_tokenizer_files(dir)
+    return dir
+
+
+def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
+    """The weights of the HF folder ``hf_dir`` as an F32 GGUF file, as llama.cpp's converter writes
+    ``family``; returns ``path``."""
+    import gguf
+    from safetensors.torch import load_file
+
+    from tests.tiny_models import add_tiny_tokenizer
+
+    with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    arch = {"qwen3": gguf.MODEL_ARCH.QWEN3}[family]
+    num_layers = cfg["num_hidden_layers"]
+    names = gguf.get_tensor_name_map(arch, num_layers)
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_name(f"tiny-{family}")
+    writer.add_block_count(num_layers)
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(cfg["num_attention_heads"])
+    writer.add_head_count_kv(cfg["num_key_value_heads"])
+    writer.add_key_length(cfg["head_dim"])
+    writer.add_value_length(cfg["head_dim"])
+    writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    add_tiny_tokenizer(writer)
+    for name, tensor in load_file(os.path.join(hf_dir, "model.safetensors")).items():
+        base, _, suffix = name.rpartition(".")
+        writer.add_tensor(f"{names.get_name(base)}.{suffix}", tensor.float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
