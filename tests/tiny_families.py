@@ -27,6 +27,9 @@ def family_config(family: str):
         return transformers.Qwen3Config(
             hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=64, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=False, **_COMMON)
+    if family == "gpt2":
+        return transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, activation_function="gelu_new",
+                                       layer_norm_epsilon=1e-5, **_COMMON)
     raise ValueError(family)
 
 
@@ -65,7 +68,16 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
 
     with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
-    arch = {"qwen3": gguf.MODEL_ARCH.QWEN3}[family]
+    arch = {"qwen3": gguf.MODEL_ARCH.QWEN3, "gpt2": gguf.MODEL_ARCH.GPT2}[family]
+    weights = {name: t.float().numpy() for name, t in load_file(os.path.join(hf_dir, "model.safetensors")).items()}
+    if family == "gpt2":
+        cfg = {"num_hidden_layers": cfg["n_layer"], "max_position_embeddings": cfg["n_positions"],
+               "hidden_size": cfg["n_embd"], "intermediate_size": cfg["n_inner"] or 4 * cfg["n_embd"],
+               "num_attention_heads": cfg["n_head"], "layer_norm_eps": cfg["layer_norm_epsilon"]}
+        for name in list(weights):  # convert_hf_to_gguf.py's GPT2Model: Conv1D → (out, in); output = wte
+            if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                weights[name] = np.ascontiguousarray(weights[name].T)
+        weights["lm_head.weight"] = weights["transformer.wte.weight"]
     num_layers = cfg["num_hidden_layers"]
     names = gguf.get_tensor_name_map(arch, num_layers)
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
@@ -75,15 +87,18 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
     writer.add_embedding_length(cfg["hidden_size"])
     writer.add_feed_forward_length(cfg["intermediate_size"])
     writer.add_head_count(cfg["num_attention_heads"])
-    writer.add_head_count_kv(cfg["num_key_value_heads"])
-    writer.add_key_length(cfg["head_dim"])
-    writer.add_value_length(cfg["head_dim"])
-    writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
-    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    if family == "gpt2":
+        writer.add_layer_norm_eps(cfg["layer_norm_eps"])
+    else:
+        writer.add_head_count_kv(cfg["num_key_value_heads"])
+        writer.add_key_length(cfg["head_dim"])
+        writer.add_value_length(cfg["head_dim"])
+        writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+        writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     add_tiny_tokenizer(writer)
-    for name, tensor in load_file(os.path.join(hf_dir, "model.safetensors")).items():
+    for name, array in weights.items():
         base, _, suffix = name.rpartition(".")
-        writer.add_tensor(f"{names.get_name(base)}.{suffix}", tensor.float().numpy())
+        writer.add_tensor(f"{names.get_name(base)}.{suffix}", array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

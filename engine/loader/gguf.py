@@ -37,7 +37,7 @@ SUPPORTED_TENSOR_TYPES = frozenset(
 )
 
 # GGUF "general.architecture" → our architecture name. llama.cpp writes Mistral as "llama".
-GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2"}
 
 # Architectures whose Q/K rows llama.cpp's convert_hf_to_gguf.py permutes (LlamaModel.modify_tensors;
 # Qwen2Model inherits from TextModel and writes them unchanged).
@@ -65,17 +65,34 @@ _GLOBAL_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+# GPT-2 (llama.cpp's converter already transposed the Conv1D weights to Linear layout).
+_GPT2_LAYER_NAMES = {
+    f"{gguf}.{kind}": f"{hf}.{kind}"
+    for gguf, hf in (("attn_norm", "ln_1"), ("attn_qkv", "attn.c_attn"), ("attn_output", "attn.c_proj"),
+                     ("ffn_norm", "ln_2"), ("ffn_up", "mlp.c_fc"), ("ffn_down", "mlp.c_proj"))
+    for kind in ("weight", "bias")
+}
+_GPT2_GLOBAL_NAMES = {
+    "token_embd.weight": "transformer.wte.weight",
+    "position_embd.weight": "transformer.wpe.weight",
+    "output_norm.weight": "transformer.ln_f.weight",
+    "output_norm.bias": "transformer.ln_f.bias",
+    "output.weight": "lm_head.weight",
+}
 # Present in some files but derivable or unused by our models (precomputed rotary tables).
 _IGNORED = frozenset({"rope_freqs.weight"})
 
 
-def hf_tensor_name(gguf_name: str) -> str:
-    """``blk.3.attn_q.weight`` → ``model.layers.3.self_attn.q_proj.weight``."""
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
+def hf_tensor_name(gguf_name: str, arch: str = "llama") -> str:
+    """``blk.3.attn_q.weight`` → ``model.layers.3.self_attn.q_proj.weight`` (GPT-2: ``transformer.h.3.…``)."""
+    global_names, layer_names, prefix = _GLOBAL_NAMES, _LAYER_NAMES, "model.layers"
+    if arch == "gpt2":
+        global_names, layer_names, prefix = _GPT2_GLOBAL_NAMES, _GPT2_LAYER_NAMES, "transformer.h"
+    if gguf_name in global_names:
+        return global_names[gguf_name]
     parts = gguf_name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}"
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in layer_names:
+        return f"{prefix}.{parts[1]}.{layer_names[parts[2]]}"
     raise ValueError(f"unexpected tensor {gguf_name!r} in GGUF file")
 
 
@@ -229,7 +246,8 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
         num_key_value_heads=int(meta("attention.head_count_kv", num_heads)),
         head_dim=int(head_dim),
         max_position_embeddings=int(meta("context_length", 2048)),
-        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
+        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon") or meta("attention.layer_norm_epsilon", 1e-5)),
+        hidden_act="gelu_new" if arch == "gpt2" else "silu",  # llama.cpp's GPT-2 GELU is the tanh one
         rope_theta=float(meta("rope.freq_base", 10000.0)),
         rope_scaling=rope_scaling,
         tie_word_embeddings="output.weight" not in names,
@@ -261,12 +279,13 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         if tensor.tensor_type not in SUPPORTED_TENSOR_TYPES and tensor.name not in _IGNORED:
             dequantize_tensor(tensor)  # raises the ValueError naming the type
     config = read_config(gguf_file)
-    is_permuted = gguf_file.metadata["general.architecture"] in PERMUTED_ARCHITECTURES
+    file_arch = gguf_file.metadata["general.architecture"]
+    is_permuted = file_arch in PERMUTED_ARCHITECTURES
     tensors: dict[str, torch.Tensor] = {}
     for tensor in progress(gguf_file.tensors, len(gguf_file.tensors)):
         if tensor.name in _IGNORED:
             continue
-        name = hf_tensor_name(tensor.name)
+        name = hf_tensor_name(tensor.name, file_arch)
         array = dequantize_tensor(tensor)
         if is_permuted and name.endswith(("q_proj.weight", "q_proj.bias")):
             array = unpermute_qk(array, config.num_attention_heads)

@@ -16,7 +16,14 @@ HF_ARCHITECTURES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "GPT2LMHeadModel": "gpt2",
 }
+# GPT-2's config.json names → the common ones (transformers' GPT2Config.attribute_map and more).
+_GPT2_KEYS = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
+              "n_positions": "max_position_embeddings", "layer_norm_epsilon": "rms_norm_eps",
+              "n_inner": "intermediate_size", "activation_function": "hidden_act"}
+# GPT-2's Conv1D weights, stored (in, out): transposed on load to Linear's (out, in), as GGUF has them.
+_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def _as_id_list(value) -> list[int]:
@@ -37,6 +44,9 @@ def read_hf_config(folder: str) -> ModelConfig:
             f"unsupported architecture {names or cfg.get('model_type')!r}; "
             f"supported: {', '.join(HF_ARCHITECTURES)}"
         )
+    if arch == "gpt2":
+        cfg = {**cfg, **{new: cfg[old] for old, new in _GPT2_KEYS.items() if cfg.get(old) is not None}}
+        cfg.setdefault("intermediate_size", 4 * cfg["hidden_size"])
     eos_ids = _as_id_list(cfg.get("eos_token_id"))
     gen_path = os.path.join(folder, "generation_config.json")
     if os.path.exists(gen_path):
@@ -60,6 +70,7 @@ def read_hf_config(folder: str) -> ModelConfig:
         head_dim=int(cfg.get("head_dim") or hidden // num_heads),
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        hidden_act=cfg.get("hidden_act") or cfg.get("hidden_activation") or "silu",
         rope_theta=float(cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))),
         rope_scaling=rope_scaling,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
@@ -93,7 +104,12 @@ def load_hf_folder(folder: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         for name, tensor in progress(file_tensors.items(), len(file_tensors), f"loading {os.path.basename(path)}"):
             if name.endswith("rotary_emb.inv_freq"):
                 continue  # old checkpoints store the rotary table; the model recomputes it
-            tensors[name] = tensor.float() if tensor.is_floating_point() else tensor
+            if config.architecture == "gpt2":
+                if name.endswith((".attn.bias", ".attn.masked_bias")):
+                    continue  # old GPT-2 files store the causal mask as a buffer
+                name = name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name
+                tensor = tensor.t() if name.endswith(_CONV1D_WEIGHTS) else tensor
+            tensors[name] = tensor.float().contiguous() if tensor.is_floating_point() else tensor
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
     elif "lm_head.weight" not in tensors:

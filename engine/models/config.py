@@ -22,6 +22,7 @@ class ModelConfig:
     rope_scaling: dict | None = None
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # Qwen2 has q/k/v biases
+    hidden_act: str = "silu"  # the MLP's activation, as config.json names it (gelu_new for GPT-2)
     qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm over each head of q and k before the rotation
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)

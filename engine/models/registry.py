@@ -11,6 +11,7 @@ _MODEL_CLASSES = {
     "mistral": ("engine.models.llama", "LlamaForCausalLM"),
     "qwen2": ("engine.models.llama", "LlamaForCausalLM"),
     "qwen3": ("engine.models.llama", "LlamaForCausalLM"),
+    "gpt2": ("engine.models.gpt2", "GPT2LMHeadModel"),
 }
 
 # Families whose layers engine/layers/quant.py knows how to smooth and swap for int8.

@@ -77,6 +77,7 @@ def check_against_transformers(model_path: str, hf_model, *, cpu_kernels: bool) 
 
 CASES = [
     ("qwen3", "hf", False), ("qwen3", "hf", True), ("qwen3", "gguf", False), ("qwen3", "gguf", True),
+    ("gpt2", "hf", True), ("gpt2", "gguf", True),
 ]
 
 
