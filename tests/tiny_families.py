@@ -30,6 +30,18 @@ def family_config(family: str):
     if family == "gpt2":
         return transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, activation_function="gelu_new",
                                        layer_norm_epsilon=1e-5, **_COMMON)
+    if family == "gemma3":
+        # three sliding layers of window 5 around one global one, logit soft-capping, a score scale
+        # other than head_dim, different rope bases: every Gemma difference shows in the logits
+        # (attn_logit_softcapping is set to show that it is ignored, as transformers does for Gemma 3)
+        return transformers.Gemma3TextConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-6, sliding_window=5,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"],
+            query_pre_attn_scalar=24, attn_logit_softcapping=3.0, final_logit_softcapping=4.0,
+            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+            hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, **_COMMON)
     raise ValueError(family)
 
 
@@ -68,7 +80,7 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
 
     with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
-    arch = {"qwen3": gguf.MODEL_ARCH.QWEN3, "gpt2": gguf.MODEL_ARCH.GPT2}[family]
+    arch = {"qwen3": gguf.MODEL_ARCH.QWEN3, "gpt2": gguf.MODEL_ARCH.GPT2, "gemma3": gguf.MODEL_ARCH.GEMMA3}[family]
     weights = {name: t.float().numpy() for name, t in load_file(os.path.join(hf_dir, "model.safetensors")).items()}
     if family == "gpt2":
         cfg = {"num_hidden_layers": cfg["n_layer"], "max_position_embeddings": cfg["n_positions"],
@@ -78,6 +90,8 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
             if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
                 weights[name] = np.ascontiguousarray(weights[name].T)
         weights["lm_head.weight"] = weights["transformer.wte.weight"]
+    if family == "gemma3":  # convert_hf_to_gguf.py's Gemma3Model: norms stored as 1 + w
+        weights = {name: w + 1 if name.endswith("norm.weight") else w for name, w in weights.items()}
     num_layers = cfg["num_hidden_layers"]
     names = gguf.get_tensor_name_map(arch, num_layers)
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
@@ -93,8 +107,16 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
         writer.add_head_count_kv(cfg["num_key_value_heads"])
         writer.add_key_length(cfg["head_dim"])
         writer.add_value_length(cfg["head_dim"])
-        writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+        if family != "gemma3":
+            writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
         writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    if family == "gemma3":
+        writer.add_rope_freq_base(cfg["rope_parameters"]["full_attention"]["rope_theta"])
+        writer.add_rope_freq_base_swa(cfg["rope_parameters"]["sliding_attention"]["rope_theta"])
+        writer.add_sliding_window(cfg["sliding_window"])
+        writer.add_sliding_window_pattern([t == "sliding_attention" for t in cfg["layer_types"]])
+        writer.add_attention_scale(cfg["query_pre_attn_scalar"] ** -0.5)
+        writer.add_final_logit_softcapping(cfg["final_logit_softcapping"])
     add_tiny_tokenizer(writer)
     for name, array in weights.items():
         base, _, suffix = name.rpartition(".")

@@ -37,7 +37,8 @@ SUPPORTED_TENSOR_TYPES = frozenset(
 )
 
 # GGUF "general.architecture" → our architecture name. llama.cpp writes Mistral as "llama".
-GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2"}
+GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2",
+                      "gemma3": "gemma3"}
 
 # Architectures whose Q/K rows llama.cpp's convert_hf_to_gguf.py permutes (LlamaModel.modify_tensors;
 # Qwen2Model inherits from TextModel and writes them unchanged).
@@ -65,6 +66,14 @@ _GLOBAL_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+# Gemma 3: four norms a layer (ffn_norm is the one before the MLP); llama.cpp's converter stores
+# every Gemma norm weight w as 1 + w, which the loader undoes (Hugging Face keeps w).
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
 # GPT-2 (llama.cpp's converter already transposed the Conv1D weights to Linear layout).
 _GPT2_LAYER_NAMES = {
     f"{gguf}.{kind}": f"{hf}.{kind}"
@@ -88,6 +97,8 @@ def hf_tensor_name(gguf_name: str, arch: str = "llama") -> str:
     global_names, layer_names, prefix = _GLOBAL_NAMES, _LAYER_NAMES, "model.layers"
     if arch == "gpt2":
         global_names, layer_names, prefix = _GPT2_GLOBAL_NAMES, _GPT2_LAYER_NAMES, "transformer.h"
+    elif arch == "gemma3":
+        layer_names = _GEMMA3_LAYER_NAMES
     if gguf_name in global_names:
         return global_names[gguf_name]
     parts = gguf_name.split(".", 2)
@@ -213,6 +224,29 @@ def architecture_of(metadata: dict) -> str:
     return arch
 
 
+def _gemma3_fields(md: dict, arch: str, num_layers: int, hidden: int, num_heads: int) -> dict:
+    """Sliding layers, local rope base and score scale as llama.cpp reads a Gemma 3 file: every
+    6th layer global unless the file lists the pattern, local base 10000 unless it names one."""
+    if arch != "gemma3":
+        return {}
+    pattern = md.get(f"{arch}.attention.sliding_window_pattern", 6)
+    if isinstance(pattern, list):  # one bool per layer, True = sliding
+        layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
+    else:
+        layer_types = ["full_attention" if (i + 1) % int(pattern) == 0 else "sliding_attention" for i in range(num_layers)]
+    fields = {
+        "sliding_window": md.get(f"{arch}.attention.sliding_window"),
+        "layer_types": layer_types,
+        "rope_local_theta": float(md.get(f"{arch}.rope.freq_base_swa", 10000.0)),
+        "final_logit_softcapping": md.get(f"{arch}.final_logit_softcapping"),
+    }
+    if f"{arch}.attention.scale" in md:
+        fields["query_pre_attn_scalar"] = float(md[f"{arch}.attention.scale"]) ** -2
+    elif num_layers == 62:  # llama.cpp: Gemma 3 27B scales by hidden / heads, the others by head_dim
+        fields["query_pre_attn_scalar"] = hidden / num_heads
+    return fields
+
+
 def read_config(gguf_file: GGUFFile) -> ModelConfig:
     """ModelConfig from the ``{arch}.*`` and ``tokenizer.ggml.*`` metadata."""
     md = gguf_file.metadata
@@ -247,15 +281,16 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
         head_dim=int(head_dim),
         max_position_embeddings=int(meta("context_length", 2048)),
         rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon") or meta("attention.layer_norm_epsilon", 1e-5)),
-        hidden_act="gelu_new" if arch == "gpt2" else "silu",  # llama.cpp's GPT-2 GELU is the tanh one
+        hidden_act={"gpt2": "gelu_new", "gemma3": "gelu_pytorch_tanh"}.get(arch, "silu"),  # llama.cpp's GPT-2 GELU is the tanh one
         rope_theta=float(meta("rope.freq_base", 10000.0)),
         rope_scaling=rope_scaling,
         tie_word_embeddings="output.weight" not in names,
         attention_bias=arch == "qwen2",
-        qk_norm=arch == "qwen3",
+        qk_norm=arch in ("qwen3", "gemma3"),
         bos_token_id=int(bos) if bos is not None else None,
         eos_token_ids=list(dict.fromkeys(int(i) for i in eos_ids)),
         name=md.get("general.name") or md.get("general.basename") or "model",
+        **_gemma3_fields(md, arch, int(meta("block_count")), hidden, num_heads),
     )
 
 
@@ -291,5 +326,7 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             array = unpermute_qk(array, config.num_attention_heads)
         elif is_permuted and name.endswith(("k_proj.weight", "k_proj.bias")):
             array = unpermute_qk(array, config.num_key_value_heads)
+        elif file_arch == "gemma3" and name.endswith("norm.weight"):
+            array = array - 1.0  # stored as 1 + w
         tensors[name] = torch.from_numpy(np.ascontiguousarray(array))
     return config, tensors

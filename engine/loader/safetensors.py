@@ -17,6 +17,7 @@ HF_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "GPT2LMHeadModel": "gpt2",
+    "Gemma3ForCausalLM": "gemma3",
 }
 # GPT-2's config.json names → the common ones (transformers' GPT2Config.attribute_map and more).
 _GPT2_KEYS = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
@@ -31,6 +32,29 @@ def _as_id_list(value) -> list[int]:
     if value is None:
         return []
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def _sliding_fields(cfg: dict, arch: str) -> dict:
+    """Gemma 3's sliding-window layout, local rope base, score scale and soft-caps."""
+    if arch != "gemma3":
+        return {}
+    num_layers = int(cfg["num_hidden_layers"])
+    pattern = int(cfg.get("sliding_window_pattern") or 6)  # older configs: every 6th layer global
+    layer_types = cfg.get("layer_types") or [
+        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(num_layers)
+    ]
+    local = (cfg.get("rope_parameters") or {}).get("sliding_attention") or {}
+    # Gemma 3 configs carry attn_logit_softcapping, but neither transformers nor llama.cpp apply it
+    # to Gemma 3 (q/k norms took its place); Gemma 2 does.
+    optional = ("query_pre_attn_scalar", "final_logit_softcapping")
+    if arch == "gemma2":
+        optional += ("attn_logit_softcapping",)
+    return {
+        "sliding_window": int(cfg["sliding_window"]) if cfg.get("sliding_window") else None,
+        "layer_types": list(layer_types),
+        "rope_local_theta": float(local.get("rope_theta") or cfg.get("rope_local_base_freq") or 10000.0),
+        **{key: float(cfg[key]) for key in optional if cfg.get(key) is not None},
+    }
 
 
 def read_hf_config(folder: str) -> ModelConfig:
@@ -56,6 +80,7 @@ def read_hf_config(folder: str) -> ModelConfig:
     num_heads = int(cfg["num_attention_heads"])
     # transformers 5 moves rope_theta into rope_parameters; older files have it at top level.
     rope_params = cfg.get("rope_parameters") or {}
+    rope_params = rope_params.get("full_attention", rope_params)  # Gemma 3: one set per layer kind
     rope_scaling = cfg.get("rope_scaling")
     if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
         rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
@@ -75,10 +100,11 @@ def read_hf_config(folder: str) -> ModelConfig:
         rope_scaling=rope_scaling,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
-        qk_norm=arch == "qwen3",
+        qk_norm=arch in ("qwen3", "gemma3"),
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_ids=list(dict.fromkeys(eos_ids)),
         name=os.path.basename(os.path.normpath(folder)) or "model",
+        **_sliding_fields(cfg, arch),
     )
 
 

@@ -12,6 +12,7 @@ _MODEL_CLASSES = {
     "qwen2": ("engine.models.llama", "LlamaForCausalLM"),
     "qwen3": ("engine.models.llama", "LlamaForCausalLM"),
     "gpt2": ("engine.models.gpt2", "GPT2LMHeadModel"),
+    "gemma3": ("engine.models.gemma3", "Gemma3ForCausalLM"),
 }
 
 # Families whose layers engine/layers/quant.py knows how to smooth and swap for int8.
