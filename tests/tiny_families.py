@@ -42,6 +42,19 @@ def family_config(family: str):
             rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
                              "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
             hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, **_COMMON)
+    if family in ("phi3", "phi4mini"):
+        # LongRoPE with distinct short factors (the test's positions stay below the original context);
+        # "phi4mini": Phi-4-mini's partial rotary (3/4 of each head) and a sliding window of 6
+        partial = 0.75 if family == "phi4mini" else 1.0
+        num_factors = int(16 * partial) // 2
+        return transformers.Phi3Config(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=1024, original_max_position_embeddings=256, rms_norm_eps=1e-5,
+            sliding_window=6 if family == "phi4mini" else None, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": partial,
+                             "short_factor": [1.0 + 0.5 * i for i in range(num_factors)],
+                             "long_factor": [2.0 + i for i in range(num_factors)]},
+            **_COMMON)
     raise ValueError(family)
 
 
@@ -80,7 +93,8 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
 
     with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
-    arch = {"qwen3": gguf.MODEL_ARCH.QWEN3, "gpt2": gguf.MODEL_ARCH.GPT2, "gemma3": gguf.MODEL_ARCH.GEMMA3}[family]
+    arch = {"qwen3": gguf.MODEL_ARCH.QWEN3, "gpt2": gguf.MODEL_ARCH.GPT2, "gemma3": gguf.MODEL_ARCH.GEMMA3,
+            "phi3": gguf.MODEL_ARCH.PHI3, "phi4mini": gguf.MODEL_ARCH.PHI3}[family]
     weights = {name: t.float().numpy() for name, t in load_file(os.path.join(hf_dir, "model.safetensors")).items()}
     if family == "gpt2":
         cfg = {"num_hidden_layers": cfg["n_layer"], "max_position_embeddings": cfg["n_positions"],
@@ -105,8 +119,9 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
         writer.add_layer_norm_eps(cfg["layer_norm_eps"])
     else:
         writer.add_head_count_kv(cfg["num_key_value_heads"])
-        writer.add_key_length(cfg["head_dim"])
-        writer.add_value_length(cfg["head_dim"])
+        if "head_dim" in cfg:
+            writer.add_key_length(cfg["head_dim"])
+            writer.add_value_length(cfg["head_dim"])
         if family != "gemma3":
             writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
         writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
@@ -117,6 +132,17 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
         writer.add_sliding_window_pattern([t == "sliding_attention" for t in cfg["layer_types"]])
         writer.add_attention_scale(cfg["query_pre_attn_scalar"] ** -0.5)
         writer.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+    if arch == gguf.MODEL_ARCH.PHI3:  # convert_hf_to_gguf.py's Phi3MiniModel
+        rope = cfg["rope_parameters"]
+        head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+        writer.add_rope_dimension_count(int(head_dim * rope["partial_rotary_factor"]))
+        writer.add_rope_scaling_orig_ctx_len(cfg["original_max_position_embeddings"])
+        factor = cfg["max_position_embeddings"] / cfg["original_max_position_embeddings"]
+        writer.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(factor) / np.log(cfg["original_max_position_embeddings"]))))
+        if cfg.get("sliding_window"):
+            writer.add_sliding_window(cfg["sliding_window"])
+        writer.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32))
+        writer.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32))
     add_tiny_tokenizer(writer)
     for name, array in weights.items():
         base, _, suffix = name.rpartition(".")

@@ -78,7 +78,7 @@ def load():
 
 
 # The families the C++ stack computes exactly as engine/models/llama.py does; others run in Python.
-STACK_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+STACK_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
 
 
 def build_llama_stack(model):
@@ -89,7 +89,9 @@ def build_llama_stack(model):
     if not enabled_by_env():
         return None
     cfg = model.config
-    if cfg.architecture not in STACK_ARCHITECTURES:
+    if cfg.architecture not in STACK_ARCHITECTURES or cfg.sliding_window is not None:
+        return None  # the stack attends to every position and rotates whole heads
+    if model.rotary.cos.shape[1] != cfg.head_dim:
         return None
     embed = model.embed_tokens.weight
     if embed.device.type != "cpu" or embed.dtype != torch.float32:

@@ -38,7 +38,7 @@ SUPPORTED_TENSOR_TYPES = frozenset(
 
 # GGUF "general.architecture" → our architecture name. llama.cpp writes Mistral as "llama".
 GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2",
-                      "gemma3": "gemma3"}
+                      "gemma3": "gemma3", "phi3": "phi3"}
 
 # Architectures whose Q/K rows llama.cpp's convert_hf_to_gguf.py permutes (LlamaModel.modify_tensors;
 # Qwen2Model inherits from TextModel and writes them unchanged).
@@ -74,6 +74,14 @@ _GEMMA3_LAYER_NAMES = {
     "ffn_norm.weight": "pre_feedforward_layernorm.weight",
     "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
 }
+# Phi-3: q/k/v fused, and ffn_up holds gate and up (gate first), as in the Hugging Face checkpoint.
+_PHI3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "attn_qkv.weight": "self_attn.qkv_proj.weight",
+    "ffn_up.weight": "mlp.gate_up_proj.weight",
+}
+# Phi-3's LongRoPE factors, stored as tensors; read into ModelConfig.rope_scaling, not weights.
+_ROPE_FACTOR_TENSORS = {"rope_factors_short.weight": "short_factor", "rope_factors_long.weight": "long_factor"}
 # GPT-2 (llama.cpp's converter already transposed the Conv1D weights to Linear layout).
 _GPT2_LAYER_NAMES = {
     f"{gguf}.{kind}": f"{hf}.{kind}"
@@ -99,6 +107,8 @@ def hf_tensor_name(gguf_name: str, arch: str = "llama") -> str:
         global_names, layer_names, prefix = _GPT2_GLOBAL_NAMES, _GPT2_LAYER_NAMES, "transformer.h"
     elif arch == "gemma3":
         layer_names = _GEMMA3_LAYER_NAMES
+    elif arch == "phi3":
+        layer_names = _PHI3_LAYER_NAMES
     if gguf_name in global_names:
         return global_names[gguf_name]
     parts = gguf_name.split(".", 2)
@@ -247,6 +257,22 @@ def _gemma3_fields(md: dict, arch: str, num_layers: int, hidden: int, num_heads:
     return fields
 
 
+def _phi3_fields(gguf_file: GGUFFile, arch: str, head_dim: int) -> dict:
+    """Phi-3's LongRoPE (factors from the rope_factors_* tensors), partial rotary and sliding window."""
+    if arch != "phi3":
+        return {}
+    md = gguf_file.metadata
+    fields = {"partial_rotary_factor": int(md.get(f"{arch}.rope.dimension_count", head_dim)) / head_dim,
+              "sliding_window": md.get(f"{arch}.attention.sliding_window") or None}
+    factors = {_ROPE_FACTOR_TENSORS[t.name]: dequantize_tensor(t).tolist()
+               for t in gguf_file.tensors if t.name in _ROPE_FACTOR_TENSORS}
+    if factors:
+        original = int(md[f"{arch}.rope.scaling.original_context_length"])
+        fields["rope_scaling"] = {"rope_type": "longrope", "original_max_position_embeddings": original,
+                                  "attention_factor": float(md.get(f"{arch}.rope.scaling.attn_factor", 1.0)), **factors}
+    return fields
+
+
 def read_config(gguf_file: GGUFFile) -> ModelConfig:
     """ModelConfig from the ``{arch}.*`` and ``tokenizer.ggml.*`` metadata."""
     md = gguf_file.metadata
@@ -258,6 +284,8 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
     hidden = int(meta("embedding_length"))
     num_heads = int(meta("attention.head_count"))
     head_dim = meta("attention.key_length") or meta("rope.dimension_count") or hidden // num_heads
+    if arch == "phi3":  # its rope.dimension_count is the rotated part only (Phi-4-mini: 3/4)
+        head_dim = meta("attention.key_length") or hidden // num_heads
     vocab_size = len(md["tokenizer.ggml.tokens"]) if "tokenizer.ggml.tokens" in md else meta("vocab_size")
     names = {t.name: t for t in gguf_file.tensors}
     if "token_embd.weight" in names:
@@ -270,6 +298,10 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
         if meta("rope.scaling.original_context_length") is not None:
             rope_scaling["original_max_position_embeddings"] = int(meta("rope.scaling.original_context_length"))
     bos = md.get("tokenizer.ggml.bos_token_id")
+    family_fields = {**_gemma3_fields(md, arch, int(meta("block_count")), hidden, num_heads),
+                     **_phi3_fields(gguf_file, arch, int(head_dim))}
+    if "rope_scaling" in family_fields:
+        rope_scaling = family_fields.pop("rope_scaling")
     return ModelConfig(
         architecture=GGUF_ARCHITECTURES[arch],
         vocab_size=int(vocab_size),
@@ -290,7 +322,7 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
         bos_token_id=int(bos) if bos is not None else None,
         eos_token_ids=list(dict.fromkeys(int(i) for i in eos_ids)),
         name=md.get("general.name") or md.get("general.basename") or "model",
-        **_gemma3_fields(md, arch, int(meta("block_count")), hidden, num_heads),
+        **family_fields,
     )
 
 
@@ -318,7 +350,7 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     is_permuted = file_arch in PERMUTED_ARCHITECTURES
     tensors: dict[str, torch.Tensor] = {}
     for tensor in progress(gguf_file.tensors, len(gguf_file.tensors)):
-        if tensor.name in _IGNORED:
+        if tensor.name in _IGNORED or tensor.name in _ROPE_FACTOR_TENSORS:
             continue
         name = hf_tensor_name(tensor.name, file_arch)
         array = dequantize_tensor(tensor)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import torch
@@ -18,6 +19,7 @@ HF_ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
     "GPT2LMHeadModel": "gpt2",
     "Gemma3ForCausalLM": "gemma3",
+    "Phi3ForCausalLM": "phi3",
 }
 # GPT-2's config.json names → the common ones (transformers' GPT2Config.attribute_map and more).
 _GPT2_KEYS = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
@@ -35,9 +37,20 @@ def _as_id_list(value) -> list[int]:
 
 
 def _sliding_fields(cfg: dict, arch: str) -> dict:
-    """Gemma 3's sliding-window layout, local rope base, score scale and soft-caps."""
+    """The sliding window (Mistral v0.1, Phi-3: every layer; Qwen2/3: where use_sliding_window
+    says); Gemma 3's sliding-window layout, local rope base, score scale and soft-caps."""
     if arch != "gemma3":
-        return {}
+        window = cfg.get("sliding_window")
+        if arch in ("qwen2", "qwen3") and not cfg.get("use_sliding_window"):
+            window = None
+        if not window or arch not in ("mistral", "phi3", "qwen2", "qwen3"):
+            return {}
+        layer_types = cfg.get("layer_types")
+        if arch in ("qwen2", "qwen3") and layer_types is None:
+            first = int(cfg.get("max_window_layers", 0))
+            layer_types = ["sliding_attention" if i >= first else "full_attention"
+                           for i in range(int(cfg["num_hidden_layers"]))]
+        return {"sliding_window": int(window), "layer_types": layer_types}
     num_layers = int(cfg["num_hidden_layers"])
     pattern = int(cfg.get("sliding_window_pattern") or 6)  # older configs: every 6th layer global
     layer_types = cfg.get("layer_types") or [
@@ -55,6 +68,18 @@ def _sliding_fields(cfg: dict, arch: str) -> dict:
         "rope_local_theta": float(local.get("rope_theta") or cfg.get("rope_local_base_freq") or 10000.0),
         **{key: float(cfg[key]) for key in optional if cfg.get(key) is not None},
     }
+
+
+def _longrope(rope_scaling: dict, cfg: dict) -> dict:
+    """Phi-3's LongRoPE parameters, with the original context and attention factor filled in as
+    transformers derives them (sqrt(1 + ln(factor) / ln(original)), factor = context / original)."""
+    original = int(rope_scaling.get("original_max_position_embeddings") or cfg["original_max_position_embeddings"])
+    factor = rope_scaling.get("factor") or int(cfg.get("max_position_embeddings", original)) / original
+    attention_factor = rope_scaling.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return {**rope_scaling, "rope_type": "longrope", "original_max_position_embeddings": original,
+            "attention_factor": float(attention_factor)}
 
 
 def read_hf_config(folder: str) -> ModelConfig:
@@ -84,6 +109,8 @@ def read_hf_config(folder: str) -> ModelConfig:
     rope_scaling = cfg.get("rope_scaling")
     if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
         rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+    if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) in ("longrope", "su"):
+        rope_scaling = _longrope(rope_scaling, cfg)
     return ModelConfig(
         architecture=arch,
         vocab_size=int(cfg["vocab_size"]),
@@ -98,6 +125,7 @@ def read_hf_config(folder: str) -> ModelConfig:
         hidden_act=cfg.get("hidden_act") or cfg.get("hidden_activation") or "silu",
         rope_theta=float(cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))),
         rope_scaling=rope_scaling,
+        partial_rotary_factor=float(cfg.get("partial_rotary_factor") or rope_params.get("partial_rotary_factor") or 1.0),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
         qk_norm=arch in ("qwen3", "gemma3"),

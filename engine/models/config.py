@@ -20,6 +20,7 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
+    partial_rotary_factor: float = 1.0  # Phi-4-mini: only this fraction of each head is rotated
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # Qwen2 has q/k/v biases
     hidden_act: str = "silu"  # the MLP's activation, as config.json names it (gelu_new for GPT-2)

@@ -13,6 +13,7 @@ _MODEL_CLASSES = {
     "qwen3": ("engine.models.llama", "LlamaForCausalLM"),
     "gpt2": ("engine.models.gpt2", "GPT2LMHeadModel"),
     "gemma3": ("engine.models.gemma3", "Gemma3ForCausalLM"),
+    "phi3": ("engine.models.llama", "LlamaForCausalLM"),
 }
 
 # Families whose layers engine/layers/quant.py knows how to smooth and swap for int8.

@@ -45,6 +45,25 @@ def _assert_close(ours, row: torch.Tensor, where) -> None:
     assert torch.allclose(values, row[ids], atol=ATOL), (where, (values - row[ids]).abs().max())
 
 
+def test_longrope_turns_to_the_long_factors_at_the_original_context(tiny_family):
+    """Positions below original_max_position_embeddings rotate with the short factors, those from
+    it with the long ones (transformers' choice for a sequence that long), both times the attention factor."""
+    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+
+    from engine.layers.rotary import RotaryEmbedding
+    from engine.loader import load_checkpoint
+
+    path = tiny_family("phi4mini", "hf")
+    cfg, _ = load_checkpoint(path)
+    rotary_dim = int(cfg.head_dim * cfg.partial_rotary_factor)
+    ours = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling, rotary_dim)
+    theirs = Phi3RotaryEmbedding(transformers.AutoConfig.from_pretrained(path))
+    for positions in (torch.arange(0, 256), torch.arange(256, 300)):
+        cos, sin = theirs(torch.zeros(1), positions[None])
+        assert torch.allclose(ours.cos[positions], cos[0], atol=1e-5)
+        assert torch.allclose(ours.sin[positions], sin[0], atol=1e-5)
+
+
 def check_against_transformers(model_path: str, hf_model, *, cpu_kernels: bool) -> LLMEngine:
     engine = LLMEngine(EngineConfig(model=model_path, num_threads=1, block_size=4, max_num_batched_tokens=9,
                                     cpu_kernels=cpu_kernels, kv_cache_memory_gb=0.01))
@@ -75,10 +94,15 @@ def check_against_transformers(model_path: str, hf_model, *, cpu_kernels: bool) 
     return engine
 
 
+# Families the C++ CPU stack computes; the others (and Phi-4-mini's partial rotary and sliding
+# window) must fall back to the Python path.
+IN_CPP = {"qwen3", "phi3"}
 CASES = [
     ("qwen3", "hf", False), ("qwen3", "hf", True), ("qwen3", "gguf", False), ("qwen3", "gguf", True),
     ("gpt2", "hf", True), ("gpt2", "gguf", True),
     ("gemma3", "hf", True), ("gemma3", "gguf", True),
+    ("phi3", "hf", False), ("phi3", "hf", True), ("phi3", "gguf", True), ("phi4mini", "hf", True),
+    ("phi4mini", "gguf", True),
 ]
 
 
@@ -89,6 +113,6 @@ def test_family_matches_transformers(family, fmt, use_cpu_kernels, tiny_family):
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32,
                                                                  attn_implementation="eager").eval()
     engine = check_against_transformers(tiny_family(family, fmt), hf_model, cpu_kernels=use_cpu_kernels)
-    assert engine.model_config.architecture == family
-    runs_in_cpp = use_cpu_kernels and family in cpu_kernels.STACK_ARCHITECTURES and cpu_kernels.load() is not None
+    assert engine.model_config.architecture == {"phi4mini": "phi3"}.get(family, family)
+    runs_in_cpp = use_cpu_kernels and family in IN_CPP and cpu_kernels.load() is not None
     assert (engine.model.cpu_stack is not None) == runs_in_cpp
