@@ -42,6 +42,12 @@ def family_config(family: str):
             rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
                              "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
             hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, **_COMMON)
+    if family == "gemma2":
+        return transformers.Gemma2Config(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-6, sliding_window=5, query_pre_attn_scalar=24,
+            attn_logit_softcapping=3.0, final_logit_softcapping=4.0, rope_parameters={"rope_type": "default",
+            "rope_theta": 10000.0}, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, **_COMMON)
     if family in ("phi3", "phi4mini"):
         # LongRoPE with distinct short factors (the test's positions stay below the original context);
         # "phi4mini": Phi-4-mini's partial rotary (3/4 of each head) and a sliding window of 6
@@ -94,6 +100,7 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
     with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
     arch = {"qwen3": gguf.MODEL_ARCH.QWEN3, "gpt2": gguf.MODEL_ARCH.GPT2, "gemma3": gguf.MODEL_ARCH.GEMMA3,
+            "gemma2": gguf.MODEL_ARCH.GEMMA2,
             "phi3": gguf.MODEL_ARCH.PHI3, "phi4mini": gguf.MODEL_ARCH.PHI3}[family]
     weights = {name: t.float().numpy() for name, t in load_file(os.path.join(hf_dir, "model.safetensors")).items()}
     if family == "gpt2":
@@ -104,7 +111,7 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
             if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
                 weights[name] = np.ascontiguousarray(weights[name].T)
         weights["lm_head.weight"] = weights["transformer.wte.weight"]
-    if family == "gemma3":  # convert_hf_to_gguf.py's Gemma3Model: norms stored as 1 + w
+    if family in ("gemma2", "gemma3"):  # convert_hf_to_gguf.py's Gemma models: norms stored as 1 + w
         weights = {name: w + 1 if name.endswith("norm.weight") else w for name, w in weights.items()}
     num_layers = cfg["num_hidden_layers"]
     names = gguf.get_tensor_name_map(arch, num_layers)
@@ -131,6 +138,11 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
         writer.add_sliding_window(cfg["sliding_window"])
         writer.add_sliding_window_pattern([t == "sliding_attention" for t in cfg["layer_types"]])
         writer.add_attention_scale(cfg["query_pre_attn_scalar"] ** -0.5)
+        writer.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+    if family == "gemma2":
+        writer.add_sliding_window(cfg["sliding_window"])
+        writer.add_attention_scale(cfg["query_pre_attn_scalar"] ** -0.5)
+        writer.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
         writer.add_final_logit_softcapping(cfg["final_logit_softcapping"])
     if arch == gguf.MODEL_ARCH.PHI3:  # convert_hf_to_gguf.py's Phi3MiniModel
         rope = cfg["rope_parameters"]

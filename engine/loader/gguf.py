@@ -38,7 +38,7 @@ SUPPORTED_TENSOR_TYPES = frozenset(
 
 # GGUF "general.architecture" → our architecture name. llama.cpp writes Mistral as "llama".
 GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2",
-                      "gemma3": "gemma3", "phi3": "phi3"}
+                      "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3"}
 
 # Architectures whose Q/K rows llama.cpp's convert_hf_to_gguf.py permutes (LlamaModel.modify_tensors;
 # Qwen2Model inherits from TextModel and writes them unchanged).
@@ -105,7 +105,7 @@ def hf_tensor_name(gguf_name: str, arch: str = "llama") -> str:
     global_names, layer_names, prefix = _GLOBAL_NAMES, _LAYER_NAMES, "model.layers"
     if arch == "gpt2":
         global_names, layer_names, prefix = _GPT2_GLOBAL_NAMES, _GPT2_LAYER_NAMES, "transformer.h"
-    elif arch == "gemma3":
+    elif arch in ("gemma2", "gemma3"):
         layer_names = _GEMMA3_LAYER_NAMES
     elif arch == "phi3":
         layer_names = _PHI3_LAYER_NAMES
@@ -236,10 +236,11 @@ def architecture_of(metadata: dict) -> str:
 
 def _gemma3_fields(md: dict, arch: str, num_layers: int, hidden: int, num_heads: int) -> dict:
     """Sliding layers, local rope base and score scale as llama.cpp reads a Gemma 3 file: every
-    6th layer global unless the file lists the pattern, local base 10000 unless it names one."""
-    if arch != "gemma3":
+    6th layer global unless the file lists the pattern, local base 10000 unless it names one.
+    Gemma 2: every other layer global, one rope base, soft-capped scores."""
+    if arch not in ("gemma2", "gemma3"):
         return {}
-    pattern = md.get(f"{arch}.attention.sliding_window_pattern", 6)
+    pattern = md.get(f"{arch}.attention.sliding_window_pattern", 6 if arch == "gemma3" else 2)
     if isinstance(pattern, list):  # one bool per layer, True = sliding
         layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
     else:
@@ -247,12 +248,13 @@ def _gemma3_fields(md: dict, arch: str, num_layers: int, hidden: int, num_heads:
     fields = {
         "sliding_window": md.get(f"{arch}.attention.sliding_window"),
         "layer_types": layer_types,
-        "rope_local_theta": float(md.get(f"{arch}.rope.freq_base_swa", 10000.0)),
+        "rope_local_theta": float(md.get(f"{arch}.rope.freq_base_swa", 10000.0)) if arch == "gemma3" else None,
         "final_logit_softcapping": md.get(f"{arch}.final_logit_softcapping"),
+        "attn_logit_softcapping": md.get(f"{arch}.attn_logit_softcapping") if arch == "gemma2" else None,
     }
     if f"{arch}.attention.scale" in md:
         fields["query_pre_attn_scalar"] = float(md[f"{arch}.attention.scale"]) ** -2
-    elif num_layers == 62:  # llama.cpp: Gemma 3 27B scales by hidden / heads, the others by head_dim
+    elif num_layers in (62, 46):  # llama.cpp: Gemma 3 / 2 27B scale by hidden / heads, the others by head_dim
         fields["query_pre_attn_scalar"] = hidden / num_heads
     return fields
 
@@ -313,7 +315,7 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
         head_dim=int(head_dim),
         max_position_embeddings=int(meta("context_length", 2048)),
         rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon") or meta("attention.layer_norm_epsilon", 1e-5)),
-        hidden_act={"gpt2": "gelu_new", "gemma3": "gelu_pytorch_tanh"}.get(arch, "silu"),  # llama.cpp's GPT-2 GELU is the tanh one
+        hidden_act={"gpt2": "gelu_new", "gemma2": "gelu_pytorch_tanh", "gemma3": "gelu_pytorch_tanh"}.get(arch, "silu"),  # llama.cpp's GPT-2 GELU is the tanh one
         rope_theta=float(meta("rope.freq_base", 10000.0)),
         rope_scaling=rope_scaling,
         tie_word_embeddings="output.weight" not in names,
@@ -358,7 +360,7 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             array = unpermute_qk(array, config.num_attention_heads)
         elif is_permuted and name.endswith(("k_proj.weight", "k_proj.bias")):
             array = unpermute_qk(array, config.num_key_value_heads)
-        elif file_arch == "gemma3" and name.endswith("norm.weight"):
+        elif file_arch in ("gemma2", "gemma3") and name.endswith("norm.weight"):
             array = array - 1.0  # stored as 1 + w
         tensors[name] = torch.from_numpy(np.ascontiguousarray(array))
     return config, tensors

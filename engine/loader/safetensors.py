@@ -18,6 +18,7 @@ HF_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "GPT2LMHeadModel": "gpt2",
+    "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForCausalLM": "gemma3",
     "Phi3ForCausalLM": "phi3",
 }
@@ -39,7 +40,7 @@ def _as_id_list(value) -> list[int]:
 def _sliding_fields(cfg: dict, arch: str) -> dict:
     """The sliding window (Mistral v0.1, Phi-3: every layer; Qwen2/3: where use_sliding_window
     says); Gemma 3's sliding-window layout, local rope base, score scale and soft-caps."""
-    if arch != "gemma3":
+    if arch not in ("gemma2", "gemma3"):
         window = cfg.get("sliding_window")
         if arch in ("qwen2", "qwen3") and not cfg.get("use_sliding_window"):
             window = None
@@ -52,7 +53,8 @@ def _sliding_fields(cfg: dict, arch: str) -> dict:
                            for i in range(int(cfg["num_hidden_layers"]))]
         return {"sliding_window": int(window), "layer_types": layer_types}
     num_layers = int(cfg["num_hidden_layers"])
-    pattern = int(cfg.get("sliding_window_pattern") or 6)  # older configs: every 6th layer global
+    # older configs: every 6th layer global (Gemma 3), every other one (Gemma 2)
+    pattern = int(cfg.get("sliding_window_pattern") or (6 if arch == "gemma3" else 2))
     layer_types = cfg.get("layer_types") or [
         "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(num_layers)
     ]
@@ -65,7 +67,8 @@ def _sliding_fields(cfg: dict, arch: str) -> dict:
     return {
         "sliding_window": int(cfg["sliding_window"]) if cfg.get("sliding_window") else None,
         "layer_types": list(layer_types),
-        "rope_local_theta": float(local.get("rope_theta") or cfg.get("rope_local_base_freq") or 10000.0),
+        "rope_local_theta": float(local.get("rope_theta") or cfg.get("rope_local_base_freq") or 10000.0)
+        if arch == "gemma3" else None,
         **{key: float(cfg[key]) for key in optional if cfg.get(key) is not None},
     }
 

@@ -1,4 +1,4 @@
-"""Gemma 3 (text): the Llama shape with Gemma's changes.
+"""Gemma 3 (text) and Gemma 2: the Llama shape with Gemma's changes.
 
 - sliding-window layers interleaved with global ones (``ModelConfig.layer_types``), each kind with
   its own rope base (``rope_local_theta`` for the sliding ones);
@@ -6,6 +6,10 @@
   after the MLP; every Gemma RMSNorm multiplies by ``1 + w`` (we store ``1 + w`` at load);
 - GeGLU (tanh GELU of the gate times up), the embedding scaled by √hidden, scores scaled by
   ``query_pre_attn_scalar ** -0.5``; soft-capped scores and logits where the config asks.
+
+Gemma 2 is the same code without the q/k norms (``qk_norm`` False), with one rope base for every
+layer, and with the attention scores soft-capped (transformers and llama.cpp apply that cap to
+Gemma 2 only, though Gemma 3 configs carry it too).
 """
 from __future__ import annotations
 
@@ -30,16 +34,20 @@ class Gemma3Attention(nn.Module):
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
-        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.has_qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.scale = (cfg.query_pre_attn_scalar or self.head_dim) ** -0.5
         self.window = cfg.layer_window(layer)
         self.softcap = cfg.attn_logit_softcapping
 
     def forward(self, x, rope, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = self.q_norm(q.view(-1, self.num_heads, self.head_dim))  # (T, Hq, D)
-        k = self.k_norm(k.view(-1, self.num_kv_heads, self.head_dim))  # (T, Hkv, D)
+        q = q.view(-1, self.num_heads, self.head_dim)  # (T, Hq, D)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        if self.has_qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, k, rope)
         out = paged_attention(q, k, v.view(-1, self.num_kv_heads, self.head_dim), kv_cache, meta, self.scale,
                               window=self.window, softcap=self.softcap)
@@ -124,8 +132,8 @@ class Gemma3ForCausalLM(nn.Module):
         copier.put("norm.weight", 1.0 + copier.take("model.norm.weight"))
         if not self.config.tie_word_embeddings:
             copier.copy("lm_head.weight", "lm_head.weight")
-        norms = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
-                 "self_attn.q_norm", "self_attn.k_norm")
+        norms = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
+        norms += ("self_attn.q_norm", "self_attn.k_norm") if self.config.qk_norm else ()
         for i in range(self.config.num_hidden_layers):
             src, dst = f"model.layers.{i}.", f"layers.{i}."
             for norm in norms:

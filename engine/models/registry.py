@@ -12,6 +12,7 @@ _MODEL_CLASSES = {
     "qwen2": ("engine.models.llama", "LlamaForCausalLM"),
     "qwen3": ("engine.models.llama", "LlamaForCausalLM"),
     "gpt2": ("engine.models.gpt2", "GPT2LMHeadModel"),
+    "gemma2": ("engine.models.gemma3", "Gemma3ForCausalLM"),
     "gemma3": ("engine.models.gemma3", "Gemma3ForCausalLM"),
     "phi3": ("engine.models.llama", "LlamaForCausalLM"),
 }

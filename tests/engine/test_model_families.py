@@ -100,7 +100,7 @@ IN_CPP = {"qwen3", "phi3"}
 CASES = [
     ("qwen3", "hf", False), ("qwen3", "hf", True), ("qwen3", "gguf", False), ("qwen3", "gguf", True),
     ("gpt2", "hf", True), ("gpt2", "gguf", True),
-    ("gemma3", "hf", True), ("gemma3", "gguf", True),
+    ("gemma3", "hf", True), ("gemma3", "gguf", True), ("gemma2", "hf", True), ("gemma2", "gguf", True),
     ("phi3", "hf", False), ("phi3", "hf", True), ("phi3", "gguf", True), ("phi4mini", "hf", True),
     ("phi4mini", "gguf", True),
 ]
@@ -116,3 +116,8 @@ def test_family_matches_transformers(family, fmt, use_cpu_kernels, tiny_family):
     assert engine.model_config.architecture == {"phi4mini": "phi3"}.get(family, family)
     runs_in_cpp = use_cpu_kernels and family in IN_CPP and cpu_kernels.load() is not None
     assert (engine.model.cpu_stack is not None) == runs_in_cpp
+
+
+def test_int8_is_refused_for_families_it_does_not_cover(tiny_family):
+    with pytest.raises(ValueError, match="int8"):
+        LLMEngine(EngineConfig(model=tiny_family("gpt2", "hf"), quantization="int8", kv_cache_memory_gb=0.01))
