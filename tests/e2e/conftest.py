@@ -60,12 +60,11 @@ def gemma3_client(tmp_path_factory):
     for all its tests; an openai client for it."""
     from openai import OpenAI
 
-    from tests.real_models import GEMMA3_CHAT_TEMPLATE, gemma3_270m_path
+    from tests.real_models import GEMMA3_CHAT_TEMPLATE_PATH, gemma3_270m_path
 
     folder = tmp_path_factory.mktemp("gemma3-server")
-    template = folder / "gemma3.jinja"
-    template.write_text(GEMMA3_CHAT_TEMPLATE)
-    args = ["--model", gemma3_270m_path(), "--served-model-name", "gemma-3-270m", "--chat-template", str(template),
+    args = ["--model", gemma3_270m_path(), "--served-model-name", "gemma-3-270m",
+            "--chat-template", str(GEMMA3_CHAT_TEMPLATE_PATH),
             "--max-model-len", "1024", "--kv-cache-memory-gb", "0.2", "--max-num-seqs", "4"]
     with running_server(args, {}, log_path=folder / "server.log", poll=0.5) as (url, _, _):
         yield OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300)
