@@ -15,6 +15,17 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 
+from engine.loader.gguf_families import (
+    GEMMA_ARCHITECTURES,
+    GEMMA_LAYER_NAMES,
+    GPT2_GLOBAL_NAMES,
+    GPT2_LAYER_NAMES,
+    HIDDEN_ACTS,
+    PHI3_LAYER_NAMES,
+    ROPE_FACTOR_TENSORS,
+    gemma_fields,
+    phi3_fields,
+)
 from engine.loader.progress import progress
 from engine.models.config import ModelConfig
 
@@ -66,36 +77,6 @@ _GLOBAL_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-# Gemma 3: four norms a layer (ffn_norm is the one before the MLP); llama.cpp's converter stores
-# every Gemma norm weight w as 1 + w, which the loader undoes (Hugging Face keeps w).
-_GEMMA3_LAYER_NAMES = {
-    **_LAYER_NAMES,
-    "post_attention_norm.weight": "post_attention_layernorm.weight",
-    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
-    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
-}
-# Phi-3: q/k/v fused, and ffn_up holds gate and up (gate first), as in the Hugging Face checkpoint.
-_PHI3_LAYER_NAMES = {
-    **_LAYER_NAMES,
-    "attn_qkv.weight": "self_attn.qkv_proj.weight",
-    "ffn_up.weight": "mlp.gate_up_proj.weight",
-}
-# Phi-3's LongRoPE factors, stored as tensors; read into ModelConfig.rope_scaling, not weights.
-_ROPE_FACTOR_TENSORS = {"rope_factors_short.weight": "short_factor", "rope_factors_long.weight": "long_factor"}
-# GPT-2 (llama.cpp's converter already transposed the Conv1D weights to Linear layout).
-_GPT2_LAYER_NAMES = {
-    f"{gguf}.{kind}": f"{hf}.{kind}"
-    for gguf, hf in (("attn_norm", "ln_1"), ("attn_qkv", "attn.c_attn"), ("attn_output", "attn.c_proj"),
-                     ("ffn_norm", "ln_2"), ("ffn_up", "mlp.c_fc"), ("ffn_down", "mlp.c_proj"))
-    for kind in ("weight", "bias")
-}
-_GPT2_GLOBAL_NAMES = {
-    "token_embd.weight": "transformer.wte.weight",
-    "position_embd.weight": "transformer.wpe.weight",
-    "output_norm.weight": "transformer.ln_f.weight",
-    "output_norm.bias": "transformer.ln_f.bias",
-    "output.weight": "lm_head.weight",
-}
 # Present in some files but derivable or unused by our models (precomputed rotary tables).
 _IGNORED = frozenset({"rope_freqs.weight"})
 
@@ -104,11 +85,11 @@ def hf_tensor_name(gguf_name: str, arch: str = "llama") -> str:
     """``blk.3.attn_q.weight`` → ``model.layers.3.self_attn.q_proj.weight`` (GPT-2: ``transformer.h.3.…``)."""
     global_names, layer_names, prefix = _GLOBAL_NAMES, _LAYER_NAMES, "model.layers"
     if arch == "gpt2":
-        global_names, layer_names, prefix = _GPT2_GLOBAL_NAMES, _GPT2_LAYER_NAMES, "transformer.h"
-    elif arch in ("gemma2", "gemma3"):
-        layer_names = _GEMMA3_LAYER_NAMES
+        global_names, layer_names, prefix = GPT2_GLOBAL_NAMES, GPT2_LAYER_NAMES, "transformer.h"
+    elif arch in GEMMA_ARCHITECTURES:
+        layer_names = {**_LAYER_NAMES, **GEMMA_LAYER_NAMES}
     elif arch == "phi3":
-        layer_names = _PHI3_LAYER_NAMES
+        layer_names = {**_LAYER_NAMES, **PHI3_LAYER_NAMES}
     if gguf_name in global_names:
         return global_names[gguf_name]
     parts = gguf_name.split(".", 2)
@@ -234,47 +215,6 @@ def architecture_of(metadata: dict) -> str:
     return arch
 
 
-def _gemma3_fields(md: dict, arch: str, num_layers: int, hidden: int, num_heads: int) -> dict:
-    """Sliding layers, local rope base and score scale as llama.cpp reads a Gemma 3 file: every
-    6th layer global unless the file lists the pattern, local base 10000 unless it names one.
-    Gemma 2: every other layer global, one rope base, soft-capped scores."""
-    if arch not in ("gemma2", "gemma3"):
-        return {}
-    pattern = md.get(f"{arch}.attention.sliding_window_pattern", 6 if arch == "gemma3" else 2)
-    if isinstance(pattern, list):  # one bool per layer, True = sliding
-        layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
-    else:
-        layer_types = ["full_attention" if (i + 1) % int(pattern) == 0 else "sliding_attention" for i in range(num_layers)]
-    fields = {
-        "sliding_window": md.get(f"{arch}.attention.sliding_window"),
-        "layer_types": layer_types,
-        "rope_local_theta": float(md.get(f"{arch}.rope.freq_base_swa", 10000.0)) if arch == "gemma3" else None,
-        "final_logit_softcapping": md.get(f"{arch}.final_logit_softcapping"),
-        "attn_logit_softcapping": md.get(f"{arch}.attn_logit_softcapping") if arch == "gemma2" else None,
-    }
-    if f"{arch}.attention.scale" in md:
-        fields["query_pre_attn_scalar"] = float(md[f"{arch}.attention.scale"]) ** -2
-    elif num_layers in (62, 46):  # llama.cpp: Gemma 3 / 2 27B scale by hidden / heads, the others by head_dim
-        fields["query_pre_attn_scalar"] = hidden / num_heads
-    return fields
-
-
-def _phi3_fields(gguf_file: GGUFFile, arch: str, head_dim: int) -> dict:
-    """Phi-3's LongRoPE (factors from the rope_factors_* tensors), partial rotary and sliding window."""
-    if arch != "phi3":
-        return {}
-    md = gguf_file.metadata
-    fields = {"partial_rotary_factor": int(md.get(f"{arch}.rope.dimension_count", head_dim)) / head_dim,
-              "sliding_window": md.get(f"{arch}.attention.sliding_window") or None}
-    factors = {_ROPE_FACTOR_TENSORS[t.name]: dequantize_tensor(t).tolist()
-               for t in gguf_file.tensors if t.name in _ROPE_FACTOR_TENSORS}
-    if factors:
-        original = int(md[f"{arch}.rope.scaling.original_context_length"])
-        fields["rope_scaling"] = {"rope_type": "longrope", "original_max_position_embeddings": original,
-                                  "attention_factor": float(md.get(f"{arch}.rope.scaling.attn_factor", 1.0)), **factors}
-    return fields
-
-
 def read_config(gguf_file: GGUFFile) -> ModelConfig:
     """ModelConfig from the ``{arch}.*`` and ``tokenizer.ggml.*`` metadata."""
     md = gguf_file.metadata
@@ -300,8 +240,10 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
         if meta("rope.scaling.original_context_length") is not None:
             rope_scaling["original_max_position_embeddings"] = int(meta("rope.scaling.original_context_length"))
     bos = md.get("tokenizer.ggml.bos_token_id")
-    family_fields = {**_gemma3_fields(md, arch, int(meta("block_count")), hidden, num_heads),
-                     **_phi3_fields(gguf_file, arch, int(head_dim))}
+    rope_factors = {ROPE_FACTOR_TENSORS[t.name]: dequantize_tensor(t).tolist()
+                    for t in gguf_file.tensors if t.name in ROPE_FACTOR_TENSORS}
+    family_fields = {**gemma_fields(md, arch, int(meta("block_count")), hidden, num_heads),
+                     **phi3_fields(md, arch, int(head_dim), rope_factors)}
     if "rope_scaling" in family_fields:
         rope_scaling = family_fields.pop("rope_scaling")
     return ModelConfig(
@@ -315,7 +257,7 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
         head_dim=int(head_dim),
         max_position_embeddings=int(meta("context_length", 2048)),
         rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon") or meta("attention.layer_norm_epsilon", 1e-5)),
-        hidden_act={"gpt2": "gelu_new", "gemma2": "gelu_pytorch_tanh", "gemma3": "gelu_pytorch_tanh"}.get(arch, "silu"),  # llama.cpp's GPT-2 GELU is the tanh one
+        hidden_act=HIDDEN_ACTS.get(arch, "silu"),  # llama.cpp's GELUs are the tanh one
         rope_theta=float(meta("rope.freq_base", 10000.0)),
         rope_scaling=rope_scaling,
         tie_word_embeddings="output.weight" not in names,
@@ -352,7 +294,7 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     is_permuted = file_arch in PERMUTED_ARCHITECTURES
     tensors: dict[str, torch.Tensor] = {}
     for tensor in progress(gguf_file.tensors, len(gguf_file.tensors)):
-        if tensor.name in _IGNORED or tensor.name in _ROPE_FACTOR_TENSORS:
+        if tensor.name in _IGNORED or tensor.name in ROPE_FACTOR_TENSORS:
             continue
         name = hf_tensor_name(tensor.name, file_arch)
         array = dequantize_tensor(tensor)
@@ -360,7 +302,7 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             array = unpermute_qk(array, config.num_attention_heads)
         elif is_permuted and name.endswith(("k_proj.weight", "k_proj.bias")):
             array = unpermute_qk(array, config.num_key_value_heads)
-        elif file_arch in ("gemma2", "gemma3") and name.endswith("norm.weight"):
+        elif file_arch in GEMMA_ARCHITECTURES and name.endswith("norm.weight"):
             array = array - 1.0  # stored as 1 + w
         tensors[name] = torch.from_numpy(np.ascontiguousarray(array))
     return config, tensors
