@@ -5,8 +5,8 @@ prefill chunks. New keys and values are written into their cache slots; decodes 
 together over their gathered block tables, each prefill chunk on its own.
 
 A sliding-window layer (Gemma 3, Mistral) sees only the last ``window`` positions: its decodes
-gather just the blocks that hold them (the blocks before are skipped, however long the
-sequence), and its masks leave out the keys that fell out of the window.
+and its prefill chunks gather just the blocks that hold them (the blocks before are skipped,
+however long the sequence), and its masks leave out the keys that fell out of the window.
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ class AttentionMetadata:
 class WindowView:
     decode_block_ids: torch.Tensor | None  # (B * num_window_blocks,): only the blocks the windows reach
     decode_mask: torch.Tensor | None  # (B, 1, 1, num_window_blocks * block_size)
-    prefill_masks: list[torch.Tensor]  # per prefill: (num_new, num_context)
+    prefill_masks: list[torch.Tensor]  # per prefill: (num_new, num_context - first_block * block_size)
+    prefill_first_blocks: list[int]  # per prefill: the first block of its table any query's window reaches
 
     @staticmethod
     def build(meta: AttentionMetadata, window: int) -> "WindowView":
@@ -76,12 +77,14 @@ class WindowView:
             block_ids = tables.gather(1, index).reshape(-1)
             key_pos = (index[:, :, None] * bs + torch.arange(bs, device=device)).reshape(len(lens), -1)
             decode_mask = ((key_pos < lens[:, None]) & (key_pos >= lens[:, None] - window))[:, None, None, :]
-        prefill_masks = []
+        prefill_masks, prefill_first_blocks = [], []
         for _, num_new, num_context, table in meta.prefills:
+            first = 0 if num_context == num_new else max(0, num_context - num_new - window + 1) // bs
             q_pos = torch.arange(num_context - num_new, num_context, device=table.device)[:, None]
-            k_pos = torch.arange(num_context, device=table.device)[None, :]
+            k_pos = torch.arange(first * bs, num_context, device=table.device)[None, :]
             prefill_masks.append((k_pos <= q_pos) & (k_pos > q_pos - window))
-        return WindowView(block_ids, decode_mask, prefill_masks)
+            prefill_first_blocks.append(first)
+        return WindowView(block_ids, decode_mask, prefill_masks, prefill_first_blocks)
 
 
 def paged_attention(
@@ -100,9 +103,11 @@ def paged_attention(
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
     out = torch.empty_like(q)
     decode_block_ids, decode_mask, prefill_masks = meta.decode_block_ids, meta.decode_mask, meta.prefill_masks
+    first_blocks = [0] * len(meta.prefills)
     if window is not None:
         view = meta.window_view(window)
         decode_block_ids, decode_mask, prefill_masks = view.decode_block_ids, view.decode_mask, view.prefill_masks
+        first_blocks = view.prefill_first_blocks
 
     num_decode = meta.num_decode_tokens
     if num_decode:
@@ -115,14 +120,15 @@ def paged_attention(
         attn = _attend(query, keys.transpose(1, 2), values.transpose(1, 2), decode_mask, scale, softcap)
         out[:num_decode] = attn.squeeze(2)
 
-    for (start, num_new, num_context, table), mask in zip(meta.prefills, prefill_masks):
+    for (start, num_new, num_context, table), mask, first in zip(meta.prefills, prefill_masks, first_blocks):
         query = q[start : start + num_new].transpose(0, 1)  # (Hq, n, D)
         if num_context == num_new:  # nothing cached before this chunk: attend to the new keys
             keys = k[start : start + num_new].transpose(0, 1)
             values = v[start : start + num_new].transpose(0, 1)
         else:
-            keys = k_cache.index_select(0, table).view(-1, num_kv_heads, head_dim)[:num_context].transpose(0, 1)
-            values = v_cache.index_select(0, table).view(-1, num_kv_heads, head_dim)[:num_context].transpose(0, 1)
+            table, num_keys = table[first:], num_context - first * block_size  # skip blocks before every window
+            keys = k_cache.index_select(0, table).view(-1, num_kv_heads, head_dim)[:num_keys].transpose(0, 1)
+            values = v_cache.index_select(0, table).view(-1, num_kv_heads, head_dim)[:num_keys].transpose(0, 1)
             keys, values = keys.to(q.dtype), values.to(q.dtype)
         out[start : start + num_new] = _attend(query, keys, values, mask, scale, softcap).transpose(0, 1)
     return out
