@@ -89,8 +89,11 @@ def build_llama_stack(model):
     if not enabled_by_env():
         return None
     cfg = model.config
-    if cfg.architecture not in STACK_ARCHITECTURES or cfg.sliding_window is not None:
-        return None  # the stack attends to every position and rotates whole heads
+    # The stack attends to every position (a window no shorter than the context changes nothing,
+    # e.g. Mistral v0.1's 4096 at --max-model-len 4096) and rotates whole heads.
+    window_matters = cfg.sliding_window is not None and cfg.sliding_window < model.max_position
+    if cfg.architecture not in STACK_ARCHITECTURES or window_matters:
+        return None
     if model.rotary.cos.shape[1] != cfg.head_dim:
         return None
     embed = model.embed_tokens.weight

@@ -121,3 +121,21 @@ def test_family_matches_transformers(family, fmt, use_cpu_kernels, tiny_family):
 def test_int8_is_refused_for_families_it_does_not_cover(tiny_family):
     with pytest.raises(ValueError, match="int8"):
         LLMEngine(EngineConfig(model=tiny_family("gpt2", "hf"), quantization="int8", kv_cache_memory_gb=0.01))
+
+
+def test_cpp_stack_takes_a_sliding_window_only_where_it_cannot_matter(tmp_path):
+    """Mistral v0.1's window: at a context no longer than it, the C++ stack (which attends to every
+    position) computes the same thing and runs; at a longer one the model falls back to Python."""
+    import json
+
+    from tests.tiny_models import write_tiny_hf_model
+
+    if cpu_kernels.load() is None:
+        pytest.skip("the C++ CPU kernels do not build here")
+    folder = write_tiny_hf_model(str(tmp_path / "mistral"), arch="mistral")
+    config = json.loads((tmp_path / "mistral" / "config.json").read_text())
+    (tmp_path / "mistral" / "config.json").write_text(json.dumps({**config, "sliding_window": 64}))
+    for max_model_len, in_cpp in ((64, True), (128, False)):
+        engine = LLMEngine(EngineConfig(model=folder, max_model_len=max_model_len, kv_cache_memory_gb=0.01))
+        assert engine.model_config.sliding_window == 64
+        assert (engine.model.cpu_stack is not None) == in_cpp
