@@ -78,6 +78,8 @@ class LLMEngine:
             torch.set_num_threads(config.num_threads)
         t0 = time.perf_counter()
         model_config, weights = load_checkpoint(path)
+        if config.quantization == "int8" and model_config.architecture not in INT8_ARCHITECTURES:
+            raise ValueError(f"quantization 'int8' does not cover the {model_config.architecture} family yet")
         self.model_config = model_config
         self.tokenizer = Tokenizer.load(path, chat_template=config.chat_template)
         self.max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
@@ -91,8 +93,6 @@ class LLMEngine:
         del weights
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.reset_rotary(self.device)  # float32 tables, computed for real (not meta)
-        if config.quantization == "int8" and model_config.architecture not in INT8_ARCHITECTURES:
-            raise ValueError(f"quantization 'int8' does not cover the {model_config.architecture} family yet")
         if config.quantization == "int8":
             self.model = quantize_int8(self.model, self.device, self._calibration_forward)
         if config.cpu_kernels and self.device.type == "cpu":

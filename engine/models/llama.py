@@ -37,6 +37,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
         self.scale = self.head_dim**-0.5
         self.window = cfg.layer_window(layer)  # Mistral v0.1, Phi-3: a sliding window
+        self.has_qk_norm = cfg.qk_norm
         if cfg.qk_norm:  # Qwen3: one RMSNorm over head_dim, shared by every head
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
@@ -47,7 +48,7 @@ class LlamaAttention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)  # (T, Hq, D)
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if hasattr(self, "q_norm"):
+        if self.has_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, k, rope)
         out = paged_attention(q, k, v, kv_cache, meta, self.scale, window=self.window)
