@@ -21,7 +21,7 @@ from engine.layers.quant import CALIBRATION_TEXT, quantize_int8
 from engine.loader import default_model_path, load_checkpoint
 from engine.loader.weights_format import weights_format
 from engine.model_runner import ModelRunner
-from engine.models.llama import LlamaForCausalLM
+from engine.models.registry import INT8_ARCHITECTURES, model_class
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
@@ -79,13 +79,15 @@ class LLMEngine:
             torch.set_num_threads(config.num_threads)
         t0 = time.perf_counter()
         model_config, weights = load_checkpoint(path)
+        if config.quantization == "int8" and model_config.architecture not in INT8_ARCHITECTURES:
+            raise ValueError(f"quantization 'int8' does not cover the {model_config.architecture} family yet")
         self.model_config = model_config
         self.tokenizer = Tokenizer.load(path, chat_template=config.chat_template)
         self.max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
                                  model_config.max_position_embeddings)
         torch.manual_seed(config.seed)
         with torch.device("meta"):
-            model = LlamaForCausalLM(model_config, self.max_model_len)
+            model = model_class(model_config.architecture)(model_config, self.max_model_len)
         model = model.to_empty(device="cpu")
         model.tie_weights()
         model.load_weights(weights)

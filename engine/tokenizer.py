@@ -176,7 +176,13 @@ class Tokenizer:
         from engine.loader.gguf import read_gguf
 
         md = read_gguf(path, with_tensors=False).metadata
-        tok = tokenizer_from_gguf_metadata(md)
+        is_byte_level = md.get("tokenizer.ggml.model") != "llama"
+        if is_byte_level:
+            tok = tokenizer_from_gguf_metadata(md)
+        else:  # SentencePiece-style vocabulary (Gemma, Llama 2, Phi-3)
+            from engine.spm_tokenizer import sentencepiece_from_gguf_metadata
+
+            tok = sentencepiece_from_gguf_metadata(md)
         tokens = md["tokenizer.ggml.tokens"]
 
         def token_at(key: str) -> str | None:
@@ -187,10 +193,10 @@ class Tokenizer:
             tok,
             bos_token=token_at("tokenizer.ggml.bos_token_id"),
             eos_token=token_at("tokenizer.ggml.eos_token_id"),
-            # llama.cpp's default for BPE vocabularies is no BOS unless the file asks.
-            add_bos_token=bool(md.get("tokenizer.ggml.add_bos_token", False)),
+            # llama.cpp's default: no BOS for BPE vocabularies, BOS for SentencePiece ones, unless the file says
+            add_bos_token=bool(md.get("tokenizer.ggml.add_bos_token", not is_byte_level)),
             chat_template=chat_template or md.get("tokenizer.chat_template"),
-            is_byte_level=True,
+            is_byte_level=is_byte_level,
             extra_eos_token_ids=(int(eot),) if eot is not None else (),
         )
 

@@ -237,6 +237,23 @@ def gguf_tensors_from(hf_weights: dict[str, torch.Tensor], *, arch: str, qtype: 
     return out
 
 
+def add_tiny_tokenizer(writer) -> None:
+    """The tiny byte-level BPE tokenizer and ChatML template as ``tokenizer.ggml.*`` metadata."""
+    tok = json.loads(train_tiny_tokenizer().to_str())
+    vocab = tok["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in SPECIAL_TOKENS else 1 for t in tokens])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML_TEMPLATE)
+
+
 def write_tiny_gguf(
     path: str,
     *,
@@ -260,10 +277,6 @@ def write_tiny_gguf(
         arch=arch, tie_word_embeddings=tie_word_embeddings, seed=seed, num_layers=num_layers,
         hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads, intermediate_size=intermediate_size,
     )
-    tok = json.loads(train_tiny_tokenizer().to_str())
-    vocab = tok["model"]["vocab"]
-    tokens = sorted(vocab, key=vocab.get)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
     writer = gguf.GGUFWriter(path, gguf_arch)
     writer.add_name(f"tiny-{arch}")
     writer.add_block_count(num_layers)
@@ -275,15 +288,7 @@ def write_tiny_gguf(
     writer.add_rope_freq_base(rope_theta)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(hidden_size // num_heads)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if t in SPECIAL_TOKENS else 1 for t in tokens])
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(0)
-    writer.add_eos_token_id(2)
-    writer.add_add_bos_token(False)
-    writer.add_chat_template(CHATML_TEMPLATE)
+    add_tiny_tokenizer(writer)
     for name, (array, tensor_type) in gguf_tensors_from(
         weights, arch=arch, qtype=qtype, num_heads=num_heads, num_kv_heads=num_kv_heads, seed=seed
     ).items():

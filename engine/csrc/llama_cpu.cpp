@@ -45,6 +45,7 @@ struct Linear {
 struct Layer {
   Tensor input_norm, post_norm;
   Linear qkv, o, gate_up, down;
+  Tensor q_norm, k_norm;  // (head_dim) Qwen3's per-head RMSNorm of q and k, or undefined
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -296,6 +297,13 @@ class LlamaStack {
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
 
+  // Qwen3: RMSNorm each q and k head (weights of head_dim) before the rotation, in the last layer added.
+  void set_qk_norm(Tensor q_norm, Tensor k_norm) {
+    TORCH_CHECK(!layers_.empty() && q_norm.numel() == head_dim_ && k_norm.numel() == head_dim_, "q/k norm: (head_dim)");
+    layers_.back().q_norm = q_norm.contiguous();
+    layers_.back().k_norm = k_norm.contiguous();
+  }
+
   // x (T, hidden) embedded tokens -> (T, hidden) before the final norm. The first num_decode
   // tokens are decodes (one per sequence); prefills[i] = (start, num_new, num_context) with its
   // block table in prefill_tables[i].
@@ -328,7 +336,8 @@ class LlamaStack {
       // attention block
       if (li == 0) rmsnorm_rows(x, L.input_norm, eps_, h, scale, per_token);
       Tensor qkv = L.qkv(h).contiguous();  // (T, q + 2kv)
-      post_qkv(qkv, scale, per_token, L.qkv.int8() ? L.qkv.bias : Tensor(), positions, cache, slot_mapping);
+      post_qkv(qkv, scale, per_token, L.qkv.int8() ? L.qkv.bias : Tensor(), L.q_norm, L.k_norm, positions, cache,
+               slot_mapping);
       attention(qkv, cache, num_decode, tables, lens, prefills, prefill_tables, attn);
       if (per_token) scale_rows(attn, scale);
       Tensor o = L.o(attn);
@@ -371,14 +380,16 @@ class LlamaStack {
 
   // Scale back (int8), add the bias (int8: the op has none), rotate q and k, write k and v to
   // their cache slots.
-  void post_qkv(Tensor& qkv, const Tensor& scale, bool per_token, const Tensor& bias, const Tensor& positions,
-                Tensor& cache, const Tensor& slot_mapping) {
+  void post_qkv(Tensor& qkv, const Tensor& scale, bool per_token, const Tensor& bias, const Tensor& q_norm,
+                const Tensor& k_norm, const Tensor& positions, Tensor& cache, const Tensor& slot_mapping) {
     RECORD_FUNCTION("gptserve::post_qkv", c10::ArrayRef<const c10::IValue>{});
     const int64_t T = qkv.size(0), W = qkv.size(1), D = head_dim_, half = D / 2;
     const int64_t Hq = num_heads_, Hkv = num_kv_heads_;
     float* p = qkv.data_ptr<float>();
     const float* sp = per_token ? scale.data_ptr<float>() : nullptr;
     const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    const float* qn = q_norm.defined() ? q_norm.data_ptr<float>() : nullptr;
+    const float* kn = k_norm.defined() ? k_norm.data_ptr<float>() : nullptr;
     const int64_t* pos = positions.data_ptr<int64_t>();
     const int64_t* slots = slot_mapping.data_ptr<int64_t>();
     const float* cosp = cos_.data_ptr<float>();
@@ -397,6 +408,13 @@ class LlamaStack {
       const float* s = sinp + pos[t] * D;
       for (int64_t hd = 0; hd < Hq + Hkv; ++hd) {  // q heads, then k heads: contiguous in the row
         float* v = row + hd * D;
+        if (qn) {  // the same float32 RMSNorm as the Python path's F.rms_norm
+          const float* w = hd < Hq ? qn : kn;
+          float ss = 0.f;
+          for (int64_t i = 0; i < D; ++i) ss += v[i] * v[i];
+          const float r = 1.f / std::sqrt(ss / D + static_cast<float>(eps_));
+          for (int64_t i = 0; i < D; ++i) v[i] = v[i] * r * w[i];
+        }
         for (int64_t i = 0; i < half; ++i) tmp[i] = v[i] * c[i] - v[i + half] * s[i];
         for (int64_t i = half; i < D; ++i) tmp[i] = v[i] * c[i] + v[i - half] * s[i];
         std::copy(tmp.begin(), tmp.end(), v);
@@ -590,6 +608,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, Tensor, Tensor>())
       .def("add_layer", &LlamaStack::add_layer)
       .def("num_layers", &LlamaStack::num_layers)
+      .def("set_qk_norm", &LlamaStack::set_qk_norm)
       .def("forward", &LlamaStack::forward, py::call_guard<py::gil_scoped_release>())
       .def("decode_attention", &LlamaStack::decode_attention, py::call_guard<py::gil_scoped_release>());
 }

@@ -99,6 +99,10 @@ def load():
         return _module
 
 
+# The families the C++ stack computes exactly as engine/models/llama.py does; others run in Python.
+STACK_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+
+
 def build_llama_stack(model):
     """A LlamaStack holding ``model``'s layers (float32 or int8 linears), or None when the
     kernels are unavailable or the model is not a float32 CPU model they cover."""
@@ -107,6 +111,13 @@ def build_llama_stack(model):
     if not enabled_by_env():
         return None
     cfg = model.config
+    # The stack attends to every position (a window no shorter than the context changes nothing,
+    # e.g. Mistral v0.1's 4096 at --max-model-len 4096) and rotates whole heads.
+    window_matters = cfg.sliding_window is not None and cfg.sliding_window < model.max_position
+    if cfg.architecture not in STACK_ARCHITECTURES or window_matters:
+        return None
+    if model.rotary.cos.shape[1] != cfg.head_dim:
+        return None
     embed = model.embed_tokens.weight
     if embed.device.type != "cpu" or embed.dtype != torch.float32:
         return None
@@ -126,6 +137,8 @@ def build_llama_stack(model):
         qkv, qkv_bias = linear(attn.qkv_proj)
         stack.add_layer(layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach(),
                         qkv, qkv_bias, linear(attn.o_proj)[0], linear(mlp.gate_up_proj)[0], linear(mlp.down_proj)[0])
+        if cfg.qk_norm:
+            stack.set_qk_norm(attn.q_norm.weight.detach(), attn.k_norm.weight.detach())
     return stack
 
 

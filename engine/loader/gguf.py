@@ -15,6 +15,17 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 
+from engine.loader.gguf_families import (
+    GEMMA_ARCHITECTURES,
+    GEMMA_LAYER_NAMES,
+    GPT2_GLOBAL_NAMES,
+    GPT2_LAYER_NAMES,
+    HIDDEN_ACTS,
+    PHI3_LAYER_NAMES,
+    ROPE_FACTOR_TENSORS,
+    gemma_fields,
+    phi3_fields,
+)
 from engine.loader.progress import progress
 from engine.models.config import ModelConfig
 
@@ -37,7 +48,8 @@ SUPPORTED_TENSOR_TYPES = frozenset(
 )
 
 # GGUF "general.architecture" → our architecture name. llama.cpp writes Mistral as "llama".
-GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2",
+                      "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3"}
 
 # Architectures whose Q/K rows llama.cpp's convert_hf_to_gguf.py permutes (LlamaModel.modify_tensors;
 # Qwen2Model inherits from TextModel and writes them unchanged).
@@ -53,6 +65,8 @@ _LAYER_NAMES = {
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
     "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
@@ -67,13 +81,20 @@ _GLOBAL_NAMES = {
 _IGNORED = frozenset({"rope_freqs.weight"})
 
 
-def hf_tensor_name(gguf_name: str) -> str:
-    """``blk.3.attn_q.weight`` → ``model.layers.3.self_attn.q_proj.weight``."""
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
+def hf_tensor_name(gguf_name: str, arch: str = "llama") -> str:
+    """``blk.3.attn_q.weight`` → ``model.layers.3.self_attn.q_proj.weight`` (GPT-2: ``transformer.h.3.…``)."""
+    global_names, layer_names, prefix = _GLOBAL_NAMES, _LAYER_NAMES, "model.layers"
+    if arch == "gpt2":
+        global_names, layer_names, prefix = GPT2_GLOBAL_NAMES, GPT2_LAYER_NAMES, "transformer.h"
+    elif arch in GEMMA_ARCHITECTURES:
+        layer_names = {**_LAYER_NAMES, **GEMMA_LAYER_NAMES}
+    elif arch == "phi3":
+        layer_names = {**_LAYER_NAMES, **PHI3_LAYER_NAMES}
+    if gguf_name in global_names:
+        return global_names[gguf_name]
     parts = gguf_name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}"
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in layer_names:
+        return f"{prefix}.{parts[1]}.{layer_names[parts[2]]}"
     raise ValueError(f"unexpected tensor {gguf_name!r} in GGUF file")
 
 
@@ -205,6 +226,8 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
     hidden = int(meta("embedding_length"))
     num_heads = int(meta("attention.head_count"))
     head_dim = meta("attention.key_length") or meta("rope.dimension_count") or hidden // num_heads
+    if arch == "phi3":  # its rope.dimension_count is the rotated part only (Phi-4-mini: 3/4)
+        head_dim = meta("attention.key_length") or hidden // num_heads
     vocab_size = len(md["tokenizer.ggml.tokens"]) if "tokenizer.ggml.tokens" in md else meta("vocab_size")
     names = {t.name: t for t in gguf_file.tensors}
     if "token_embd.weight" in names:
@@ -217,6 +240,12 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
         if meta("rope.scaling.original_context_length") is not None:
             rope_scaling["original_max_position_embeddings"] = int(meta("rope.scaling.original_context_length"))
     bos = md.get("tokenizer.ggml.bos_token_id")
+    rope_factors = {ROPE_FACTOR_TENSORS[t.name]: dequantize_tensor(t).tolist()
+                    for t in gguf_file.tensors if t.name in ROPE_FACTOR_TENSORS}
+    family_fields = {**gemma_fields(md, arch, int(meta("block_count")), hidden, num_heads),
+                     **phi3_fields(md, arch, int(head_dim), rope_factors)}
+    if "rope_scaling" in family_fields:
+        rope_scaling = family_fields.pop("rope_scaling")
     return ModelConfig(
         architecture=GGUF_ARCHITECTURES[arch],
         vocab_size=int(vocab_size),
@@ -227,14 +256,17 @@ def read_config(gguf_file: GGUFFile) -> ModelConfig:
         num_key_value_heads=int(meta("attention.head_count_kv", num_heads)),
         head_dim=int(head_dim),
         max_position_embeddings=int(meta("context_length", 2048)),
-        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
+        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon") or meta("attention.layer_norm_epsilon", 1e-5)),
+        hidden_act=HIDDEN_ACTS.get(arch, "silu"),  # llama.cpp's GELUs are the tanh one
         rope_theta=float(meta("rope.freq_base", 10000.0)),
         rope_scaling=rope_scaling,
         tie_word_embeddings="output.weight" not in names,
         attention_bias=arch == "qwen2",
+        qk_norm=arch in ("qwen3", "gemma3"),
         bos_token_id=int(bos) if bos is not None else None,
         eos_token_ids=list(dict.fromkeys(int(i) for i in eos_ids)),
         name=md.get("general.name") or md.get("general.basename") or "model",
+        **family_fields,
     )
 
 
@@ -258,16 +290,19 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         if tensor.tensor_type not in SUPPORTED_TENSOR_TYPES and tensor.name not in _IGNORED:
             dequantize_tensor(tensor)  # raises the ValueError naming the type
     config = read_config(gguf_file)
-    is_permuted = gguf_file.metadata["general.architecture"] in PERMUTED_ARCHITECTURES
+    file_arch = gguf_file.metadata["general.architecture"]
+    is_permuted = file_arch in PERMUTED_ARCHITECTURES
     tensors: dict[str, torch.Tensor] = {}
     for tensor in progress(gguf_file.tensors, len(gguf_file.tensors)):
-        if tensor.name in _IGNORED:
+        if tensor.name in _IGNORED or tensor.name in ROPE_FACTOR_TENSORS:
             continue
-        name = hf_tensor_name(tensor.name)
+        name = hf_tensor_name(tensor.name, file_arch)
         array = dequantize_tensor(tensor)
         if is_permuted and name.endswith(("q_proj.weight", "q_proj.bias")):
             array = unpermute_qk(array, config.num_attention_heads)
         elif is_permuted and name.endswith(("k_proj.weight", "k_proj.bias")):
             array = unpermute_qk(array, config.num_key_value_heads)
+        elif file_arch in GEMMA_ARCHITECTURES and name.endswith("norm.weight"):
+            array = array - 1.0  # stored as 1 + w
         tensors[name] = torch.from_numpy(np.ascontiguousarray(array))
     return config, tensors

@@ -1,4 +1,5 @@
-"""The Llama family: Llama 2/3, SmolLM2, Mistral, Qwen2 (q/k/v biases).
+"""The Llama family: Llama 2/3, SmolLM2, Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k norms), Phi-3
+(q/k/v and gate/up already fused in the checkpoint, LongRoPE, partial rotary).
 
 RMSNorm, rotary embeddings, grouped-query attention over the paged cache, SwiGLU, tied or
 untied output embedding. Q/K/V and gate/up projections are fused into one matrix each.
@@ -25,7 +26,7 @@ class RMSNorm(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
@@ -35,6 +36,11 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
         self.scale = self.head_dim**-0.5
+        self.window = cfg.layer_window(layer)  # Mistral v0.1, Phi-3: a sliding window
+        self.has_qk_norm = cfg.qk_norm
+        if cfg.qk_norm:  # Qwen3: one RMSNorm over head_dim, shared by every head
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
     def forward(self, x, rope, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         # x (T, hidden)
@@ -42,8 +48,10 @@ class LlamaAttention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)  # (T, Hq, D)
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.has_qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, k, rope)
-        out = paged_attention(q, k, v, kv_cache, meta, self.scale)
+        out = paged_attention(q, k, v, kv_cache, meta, self.scale, window=self.window)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
@@ -60,10 +68,10 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = LlamaAttention(cfg)
+        self.self_attn = LlamaAttention(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = LlamaMLP(cfg)
 
@@ -77,9 +85,9 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.max_position = max_position
-        self.rotary = RotaryEmbedding(cfg.head_dim, max_position, cfg.rope_theta, cfg.rope_scaling)
+        self.reset_rotary(None)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
@@ -89,10 +97,13 @@ class LlamaForCausalLM(nn.Module):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def reset_rotary(self, device: torch.device) -> None:
+    def reset_rotary(self, device: torch.device | None) -> None:
         """(Re)build the float32 cos/sin tables on ``device`` (after meta init or a dtype cast)."""
         cfg = self.config
-        self.rotary = RotaryEmbedding(cfg.head_dim, self.max_position, cfg.rope_theta, cfg.rope_scaling).to(device)
+        rotary_dim = int(cfg.head_dim * cfg.partial_rotary_factor)
+        self.rotary = RotaryEmbedding(cfg.head_dim, self.max_position, cfg.rope_theta, cfg.rope_scaling, rotary_dim)
+        if device is not None:
+            self.rotary.to(device)
 
     def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions (T,); kv_caches (L, 2, num_blocks, block_size, Hkv, D) -> hidden (T, hidden)."""
@@ -142,13 +153,20 @@ class LlamaForCausalLM(nn.Module):
             src, dst = f"model.layers.{i}.", f"layers.{i}."
             put(dst + "input_layernorm.weight", take(src + "input_layernorm.weight"))
             put(dst + "post_attention_layernorm.weight", take(src + "post_attention_layernorm.weight"))
-            qkv = [take(f"{src}self_attn.{p}_proj.weight") for p in "qkv"]
-            put(dst + "self_attn.qkv_proj.weight", torch.cat(qkv))
+            if src + "self_attn.qkv_proj.weight" in weights:  # Phi-3 ships them fused
+                put(dst + "self_attn.qkv_proj.weight", take(src + "self_attn.qkv_proj.weight"))
+            else:
+                put(dst + "self_attn.qkv_proj.weight", torch.cat([take(f"{src}self_attn.{p}_proj.weight") for p in "qkv"]))
             if cfg.attention_bias:
                 put(dst + "self_attn.qkv_proj.bias", torch.cat([take(f"{src}self_attn.{p}_proj.bias") for p in "qkv"]))
             put(dst + "self_attn.o_proj.weight", take(src + "self_attn.o_proj.weight"))
-            gate_up = [take(f"{src}mlp.{p}_proj.weight") for p in ("gate", "up")]
-            put(dst + "mlp.gate_up_proj.weight", torch.cat(gate_up))
+            if cfg.qk_norm:
+                put(dst + "self_attn.q_norm.weight", take(src + "self_attn.q_norm.weight"))
+                put(dst + "self_attn.k_norm.weight", take(src + "self_attn.k_norm.weight"))
+            if src + "mlp.gate_up_proj.weight" in weights:
+                put(dst + "mlp.gate_up_proj.weight", take(src + "mlp.gate_up_proj.weight"))
+            else:
+                put(dst + "mlp.gate_up_proj.weight", torch.cat([take(f"{src}mlp.{p}_proj.weight") for p in ("gate", "up")]))
             put(dst + "mlp.down_proj.weight", take(src + "mlp.down_proj.weight"))
         unused = sorted(set(weights) - taken - {"lm_head.weight"})
         unused = [n for n in unused if "rotary_emb" not in n]

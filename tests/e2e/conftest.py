@@ -47,3 +47,19 @@ def openai028_path() -> Path:
             pytest.fail(f"could not install openai==0.28.1:\n{result.stderr[-3000:]}")
         marker.touch()
     return OPENAI_028_DIR
+
+
+@pytest.fixture(scope="session")
+def gemma3_client(tmp_path_factory):
+    """One server on Gemma 3 270M (Q4_K_M GGUF, tests/real_models.py) with Gemma's chat template,
+    for all its tests; an openai client for it."""
+    from openai import OpenAI
+
+    from tests.real_models import GEMMA3_CHAT_TEMPLATE_PATH, gemma3_270m_path
+
+    folder = tmp_path_factory.mktemp("gemma3-server")
+    args = ["--model", gemma3_270m_path(), "--served-model-name", "gemma-3-270m",
+            "--chat-template", str(GEMMA3_CHAT_TEMPLATE_PATH),
+            "--max-model-len", "1024", "--kv-cache-memory-gb", "0.2", "--max-num-seqs", "4"]
+    with running_server(args, {}, log_path=folder / "server.log", poll=0.5) as (url, _, _):
+        yield OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300)

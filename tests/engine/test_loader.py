@@ -91,11 +91,11 @@ def test_unsupported_tensor_type_is_named(tmp_path):
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-    path = str(tmp_path / "gpt2.gguf")
-    writer = gguf.GGUFWriter(path, "gpt2")
+    path = str(tmp_path / "falcon.gguf")
+    writer = gguf.GGUFWriter(path, "falcon")
     for step in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file, writer.close):
         step()
-    with pytest.raises(ValueError, match="gpt2"):
+    with pytest.raises(ValueError, match="falcon"):
         load_checkpoint(path)
     folder = tmp_path / "hf"
     write_tiny_hf_model(str(folder))
