@@ -17,11 +17,12 @@ import pytest
 from tests.server.helpers import check_stream, parse_sse
 from tests.server_process import running_server
 from tests.spec_validator import validate
+from tests.tiny_families import write_family_hf
 from tests.tiny_models import write_tiny_hf_model
 
 # The model code the fixture runs. Qwen3's template on a qwen2 model until the Qwen3 model code
 # lands; then "qwen3" (the only change this file needs).
-ARCH = "qwen2"
+ARCH = "qwen3"
 API_KEY = "reasoning-key"
 QWEN3_TEMPLATE = Path(__file__).resolve().parent.parent / "fixtures" / "qwen3_chat_template.jinja"
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
@@ -36,7 +37,12 @@ THINK_THEN_CALL = (rf"<think>\n{WORDS}\n</think>\n\n<tool_call>\n"
 
 def write_reasoning_model(folder: str, arch: str = ARCH) -> str:
     """A tiny random ``arch`` model whose tokenizer_config.json carries Qwen3's chat template."""
-    write_tiny_hf_model(folder, arch=arch, seed=0, max_position_embeddings=1024)
+    if arch == "qwen3":  # written by transformers' own Qwen3 classes
+        write_family_hf(folder, "qwen3", seed=0)
+        config_path = Path(folder) / "config.json"
+        config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "max_position_embeddings": 1024}))
+    else:
+        write_tiny_hf_model(folder, arch=arch, seed=0, max_position_embeddings=1024)
     config_path = Path(folder) / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config["chat_template"] = QWEN3_TEMPLATE.read_text()
