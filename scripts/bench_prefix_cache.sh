@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Issue 4, goal 2: does a chat's later turn reuse the prefix cache? gptserve is started twice on
+# Does a chat's later turn reuse the prefix cache? gptserve is started twice on
 # the same model, once as it ships (prefix cache on) and once with --no-prefix-caching, each on a
 # free loopback port and stopped before the next starts; the same multi-turn clients/bench.py run
 # goes against each. Writes bench-results/prefix-cache-<stamp>/{cache-on,cache-off}.{json,txt,log},
 # info.txt (machine, commands, load average before/after each run), summary.txt, whose last
-# line is the turn-N TTFT ratio (cache on / cache off; goal 2 wants it under 0.5 for turn 5), and
+# line is the turn-N TTFT ratio (cache on / cache off; the target is under 0.5 for turn 5), and
 # ttft_per_turn.png (TTFT p50 per turn, on and off; needs matplotlib).
 #
 #   scripts/bench_prefix_cache.sh                                  # 4 chats x 5 turns, concurrency 1
@@ -64,7 +64,7 @@ for c, t, pt, con, coff, p_on, p_off, r in lines:
     if t == turns:
         under = r is not None and r < 0.5
         verdict = ("under 0.5" if under else "NOT under 0.5") + (
-            ": goal 2 met" if under and turns == 5 else ": goal 2 not met" if turns == 5 else "; goal 2 is turn 5 of 5")
+            ": target met" if under and turns == 5 else ": target not met" if turns == 5 else "; the target is for turn 5 of 5")
         print(f"SUMMARY concurrency {c}: turn {turns} TTFT p50 cache on {fmt(p_on)} ms / cache off {fmt(p_off)} ms "
               f"= {fmt(r, 3)}  ({verdict})")
 EOF

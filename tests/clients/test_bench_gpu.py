@@ -1,4 +1,4 @@
-"""scripts/bench_gpu.py (issue 4, goal 3): gptserve's engine vs transformers' generate.
+"""scripts/bench_gpu.py (GPU speed): gptserve's engine vs transformers' generate.
 
 On CPU with a tiny random model (a few tokens) so it runs anywhere; the CUDA test skips without a GPU.
 """
@@ -56,7 +56,7 @@ def test_cpu_tiny_model_both_implementations(bench_gpu, tmp_path, capsys, fmt):
     assert agree["1"] == {"leading_tokens_equal_min": 5, "leading_tokens_equal_median": 5,
                           "sequences_fully_equal": 1, "sequences": 1}
     assert agree["3"]["sequences"] == 3 and agree["3"]["sequences_fully_equal"] == 3
-    assert "goal3" not in report  # goal 3 is a CUDA number
+    assert "targets" not in report  # the targets are CUDA numbers
     out = capsys.readouterr().out
     assert "decode tok/s" in out and "gptserve" in out and "transformers" in out
     assert "greedy agreement, batch 1: 1/1 sequences identical" in out
@@ -104,6 +104,6 @@ def test_cuda_built_in_model(bench_gpu, tmp_path):
     rows = {(r["impl"], r["batch"]): r for r in report["results"]}
     assert set(rows) == {("gptserve", 1), ("transformers", 1), ("gptserve", 8), ("transformers", 8)}
     assert all(r["tokens_per_sequence"] == [16] and r["decode_tok_s"] > 0 for r in rows.values())
-    assert report["goal3"]["batch1_decode_tok_s"] == rows[("gptserve", 1)]["decode_tok_s"]
+    assert report["targets"]["batch1_decode_tok_s"] == rows[("gptserve", 1)]["decode_tok_s"]
     # bf16 on both sides: the first greedy token of a prompt agrees at least
     assert report["greedy_agreement"]["1"]["leading_tokens_equal_min"] >= 1

@@ -1,4 +1,4 @@
-"""/metrics after real traffic: every metric issue 6 lists has moved (tiny model, small KV pool)."""
+"""/metrics after real traffic: every metric README lists has moved (tiny model, small KV pool)."""
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,4 @@
-"""Issue 3's request fields over FakeEngine: logprobs, echo, best_of, suffix, chat template
+"""Request fields over FakeEngine: logprobs, echo, best_of, suffix, chat template
 switches, usage details, unknown fields, /tokenize and /detokenize. Every body is spec-checked."""
 from __future__ import annotations
 
