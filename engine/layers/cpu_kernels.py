@@ -8,7 +8,8 @@ takes about a minute on 2 cores; concurrent processes wait for one build (torch'
 
 When it cannot be built (no compiler, say) ``load()`` returns None, says why once in the log, and
 the model runs its Python path: the C++ stack is an optimization, never a requirement.
-``GPTSERVE_CPU_KERNELS=0`` turns it off.
+``GPTSERVE_CPU_KERNELS=0`` turns it off. ``GPTSERVE_CPU_ISA=avx512|avx2|scalar`` forces the
+variant of the block-format kernels (engine/csrc/quant_cpu.h; default: the widest this CPU runs).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import torch
 
 log = logging.getLogger("gptserve.engine")
 
-_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "llama_cpu.cpp"
+_CSRC = Path(__file__).resolve().parent.parent / "csrc"
+_SOURCE = _CSRC / "llama_cpu.cpp"  # includes the other files of engine/csrc
 _lock = threading.Lock()
 _module = None
 _failed: str | None = None
@@ -44,7 +46,10 @@ def _cpu_id() -> str:
 
 def _build_dir() -> tuple[str, Path]:
     key = hashlib.sha256()
-    key.update(_SOURCE.read_bytes())
+    for path in sorted(_CSRC.iterdir()):  # every file the build reads, so any edit builds afresh
+        if path.is_file():
+            key.update(path.name.encode())
+            key.update(path.read_bytes())
     key.update(torch.__version__.encode())
     key.update(platform.machine().encode())
     key.update(_cpu_id().encode())
@@ -71,6 +76,9 @@ def load():
             flags = ["-O3", "-fopenmp", "-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native"]
             _module = build(name=name, sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                             build_directory=str(path), verbose=False)
+            isa = os.environ.get("GPTSERVE_CPU_ISA", "").strip().lower()
+            if isa:
+                log.info("block-format kernels: %s (GPTSERVE_CPU_ISA)", _module.set_isa(isa))
         except Exception as exc:  # no compiler, no ninja, a failed build: the Python path serves
             _failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
             log.warning("C++ CPU kernels unavailable, using the Python path (%s)", _failed)
