@@ -24,8 +24,7 @@ import torch
 
 log = logging.getLogger("gptserve.engine")
 
-_CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_SOURCE = _CSRC / "llama_cpu.cpp"  # includes the other files of engine/csrc
+_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "llama_cpu.cpp"  # includes the rest of engine/csrc
 _lock = threading.Lock()
 _module = None
 _failed: str | None = None
@@ -46,7 +45,7 @@ def _cpu_id() -> str:
 
 def _build_dir() -> tuple[str, Path]:
     key = hashlib.sha256()
-    for path in sorted(_CSRC.iterdir()):  # every file the build reads, so any edit builds afresh
+    for path in sorted(_SOURCE.parent.iterdir()):  # every file the build reads, so any edit builds afresh
         if path.is_file():
             key.update(path.name.encode())
             key.update(path.read_bytes())
@@ -86,15 +85,16 @@ def load():
 
 
 def build_llama_stack(model):
-    """A LlamaStack holding ``model``'s layers (float32 or int8 linears), or None when the
-    kernels are unavailable or the model is not a float32 CPU model they cover."""
+    """A LlamaStack holding ``model``'s layers (float32, int8 or GGUF block-format linears), or
+    None when the kernels are unavailable or the model is not a float32 CPU model they cover."""
+    from engine.layers.blocks import BlockLinear
     from engine.layers.quant import PerTokenInt8Linear
 
     if not enabled_by_env():
         return None
     cfg = model.config
-    embed = model.embed_tokens.weight
-    if embed.device.type != "cpu" or embed.dtype != torch.float32:
+    norm = model.norm.weight
+    if norm.device.type != "cpu" or norm.dtype != torch.float32:
         return None
     mod = load()
     if mod is None:
@@ -103,6 +103,8 @@ def build_llama_stack(model):
     def linear(layer):
         if isinstance(layer, PerTokenInt8Linear):
             return layer.qlinear._packed_params._packed_params, layer.bias
+        if isinstance(layer, BlockLinear):
+            return (layer.blocks, layer.qtype, layer.out_features, layer.in_features), layer.bias
         return layer.weight.detach(), (layer.bias.detach() if layer.bias is not None else None)
 
     stack = mod.LlamaStack(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
