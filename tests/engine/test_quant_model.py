@@ -140,3 +140,15 @@ def test_loading_a_quantized_file_does_not_materialize_float32(tmp_path):
     peak_growth = int(out[0])
     assert "Q8_0 x" in " ".join(out[1:])
     assert peak_growth < 0.5 * float32_bytes, (peak_growth, os.path.getsize(path), float32_bytes)
+
+
+def test_a_requests_tokens_do_not_depend_on_the_batch(quantized_gguf):
+    """Activations are quantized per row and block, and each output is one row's dot products:
+    a prompt decoded alone or beside others gives the same tokens and logprobs."""
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=1)
+    config = dict(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01)
+    together = _generate(LLMEngine(EngineConfig(**config)), params)
+    for prompt, (ids, lps) in zip(PROMPTS, together):
+        [[solo]] = LLMEngine(EngineConfig(**config)).generate([prompt], params)
+        assert solo.token_ids == ids
+        assert [lp.logprob for lp in solo.logprobs] == lps
