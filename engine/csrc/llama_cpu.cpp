@@ -34,8 +34,9 @@ struct Linear {
   Tensor weight;  // float32 (out, in), or undefined when int8 or blocks
   Tensor bias;    // float32 (out) or undefined
   c10::intrusive_ptr<LinearPackedParamsBase> packed;  // int8, or null
-  Tensor blocks;  // uint8 (out, row bytes) of ggml type `type`, or undefined
-  int64_t type = -1, out = 0, in = 0;
+  std::vector<Tensor> blocks;  // uint8 (out_i, row bytes) of ggml type types[i], stacked; or empty
+  std::vector<int64_t> types, outs;
+  int64_t in = 0;
 
   // y = x W^T (+ b). For int8, x's rows were divided by row_scale; multiply back here.
   Tensor operator()(const Tensor& x) const {
@@ -43,8 +44,8 @@ struct Linear {
     // rows already divided by their absolute maximum: a fixed [-1, 1] -> 0..127 quantization
     // (engine/layers/quant.py's INPUT_SCALE), the same for a row alone or in any batch
     if (packed) return packed->apply_with_input_q_dq_qweight_dq_output_fp32(x, 2.0 / 127, 64);
-    if (blocks.defined()) {
-      Tensor y = gq::matmul(x, blocks, type, out, in, gq::current_isa());
+    if (!blocks.empty()) {
+      Tensor y = gq::matmul_parts(x, blocks, types, outs, in, gq::current_isa());
       return bias.defined() ? y.add_(bias) : y;
     }
     return at::linear(x, weight, bias.defined() ? c10::optional<Tensor>(bias) : c10::nullopt);
@@ -291,7 +292,7 @@ class LlamaStack {
   }
 
   // Linears are given as (float weight, bias), (packed int8 ScriptObject, bias) or
-  // ((uint8 blocks, ggml type, out, in), bias).
+  // (([uint8 blocks], [ggml type], [out], in), bias): the parts stacked by rows.
   void add_layer(Tensor input_norm, Tensor post_norm, py::object qkv, py::object qkv_bias, py::object o,
                  py::object gate_up, py::object down) {
     Layer layer;
@@ -375,9 +376,10 @@ class LlamaStack {
     }
     if (py::isinstance<py::tuple>(w)) {
       auto t = w.cast<py::tuple>();
-      lin.blocks = t[0].cast<Tensor>();
-      lin.type = t[1].cast<int64_t>(), lin.out = t[2].cast<int64_t>(), lin.in = t[3].cast<int64_t>();
-      TORCH_CHECK(gq::is_native(lin.type), "ggml type ", lin.type, " has no native kernel");
+      lin.blocks = t[0].cast<std::vector<Tensor>>();
+      lin.types = t[1].cast<std::vector<int64_t>>(), lin.outs = t[2].cast<std::vector<int64_t>>();
+      lin.in = t[3].cast<int64_t>();
+      for (int64_t type : lin.types) TORCH_CHECK(gq::is_native(type), "ggml type ", type, " has no native kernel");
       return lin;
     }
     static const c10::FunctionSchema& schema =
@@ -609,6 +611,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         }, py::arg("x"), py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), py::arg("isa") = "",
         py::call_guard<py::gil_scoped_release>(),
         "y (T, n) float32 = x (T, k) @ W.T for W the raw GGUF blocks (n, row bytes) of ggml type `type`");
+  m.def("quant_matmul_parts", [](Tensor x, std::vector<Tensor> ws, std::vector<int64_t> types,
+                                 std::vector<int64_t> ns, int64_t k) {
+          return gq::matmul_parts(x, ws, types, ns, k, gq::current_isa());
+        }, py::call_guard<py::gil_scoped_release>(),
+        "y (T, sum ns) float32 = x (T, k) @ [W_0; W_1; ...].T for raw GGUF block parts, each of its own type");
   m.def("quant_dequantize", &gq::dequantize, "raw GGUF block rows (R, row bytes) -> float32 (R, k)");
   m.def("set_isa", &gq::set_isa, "the kernel variant later calls use: auto | avx512 | avx2 | scalar");
   m.def("supported_isas", &gq::supported_isas, "the kernel variants this CPU can run");

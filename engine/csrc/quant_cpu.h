@@ -216,36 +216,54 @@ inline std::vector<std::string> supported_isas() {
   return out;
 }
 
-// y (T, N) = x (T, K) W^T for W (N, row_bytes) raw blocks of `type`.
-inline Tensor matmul(const Tensor& x_in, const Tensor& w, int64_t type, int64_t N, int64_t K, Isa isa) {
+// y (T, sum N_i) = x (T, K) [W_0; W_1; ...]^T for W_i (N_i, row bytes) raw blocks of types[i]:
+// a fused projection (q/k/v, gate/up) kept as the file's separate tensors, each part in its own
+// format, the activations quantized once.
+inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, const std::vector<int64_t>& types,
+                           const std::vector<int64_t>& ns, int64_t K, Isa isa) {
+  TORCH_CHECK(ws.size() == types.size() && ws.size() == ns.size() && !ws.empty(), "one type and size per part");
   TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == K, "x must be (T, ", K, ")");
-  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(0) == N, "w must be uint8 (", N, ", row bytes)");
-  const int64_t row_bytes = K / QK * block_bytes(type);
-  TORCH_CHECK(w.size(1) == row_bytes, "w rows hold ", w.size(1), " bytes, expected ", row_bytes);
-  TORCH_CHECK(w.stride(1) == 1, "w rows must be contiguous");
+  int64_t N = 0;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    const Tensor& w = ws[i];
+    TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(0) == ns[i],
+                "w must be uint8 (", ns[i], ", row bytes)");
+    const int64_t row_bytes = K / QK * block_bytes(types[i]);
+    TORCH_CHECK(w.size(1) == row_bytes, "w rows hold ", w.size(1), " bytes, expected ", row_bytes);
+    TORCH_CHECK(w.stride(1) == 1, "w rows must be contiguous");
+    N += ns[i];
+  }
   const Tensor x = x_in.to(at::kFloat).contiguous();
   const int64_t T = x.size(0);
   Tensor y = at::empty({T, N}, x.options());
   if (T == 0) return y;
   QActs a;
   quantize_acts(x.data_ptr<float>(), T, K, a);
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  const int64_t ldw = w.stride(0);
-  float* yp = y.data_ptr<float>();
-  // tasks of whole 4-row tiles, each at least ~32k multiply-adds so threads pay for themselves
-  const int64_t tiles = (N + 3) / 4;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 4 * K * T));
-  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
-    const int64_t n0 = begin * 4, n1 = std::min(N, end * 4);
-    switch (isa) {
+  int64_t offset = 0;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    const uint8_t* wp = ws[i].data_ptr<uint8_t>();
+    const int64_t ldw = ws[i].stride(0), n = ns[i], type = types[i];
+    float* yp = y.data_ptr<float>() + offset;
+    // tasks of whole 4-row tiles, each at least ~32k multiply-adds so threads pay for themselves
+    const int64_t tiles = (n + 3) / 4;
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 4 * K * T));
+    at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+      const int64_t n0 = begin * 4, n1 = std::min(n, end * 4);
+      switch (isa) {
 #ifdef GQ_X86
-      case Isa::avx512: avx512::gemm(type, a, wp, ldw, n0, n1, yp, N); break;
-      case Isa::avx2: avx2::gemm(type, a, wp, ldw, n0, n1, yp, N); break;
+        case Isa::avx512: avx512::gemm(type, a, wp, ldw, n0, n1, yp, N); break;
+        case Isa::avx2: avx2::gemm(type, a, wp, ldw, n0, n1, yp, N); break;
 #endif
-      default: gemm_scalar(type, a, wp, ldw, n0, n1, yp, N);
-    }
-  });
+        default: gemm_scalar(type, a, wp, ldw, n0, n1, yp, N);
+      }
+    });
+    offset += n;
+  }
   return y;
+}
+
+inline Tensor matmul(const Tensor& x, const Tensor& w, int64_t type, int64_t N, int64_t K, Isa isa) {
+  return matmul_parts(x, {w}, {type}, {N}, K, isa);
 }
 
 // raw rows (R, row_bytes) -> float32 (R, K)

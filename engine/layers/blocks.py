@@ -1,7 +1,8 @@
 """Weights kept in a GGUF block format (the file's bytes) and the layers that compute on them.
 
 A ``BlockTensor`` is a 2-D weight as the file stores it: uint8 rows of blocks (rows = output
-features), memory-mapped from the file where it can be. ``BlockLinear`` multiplies with the C++
+features), memory-mapped from the file where it can be; fused projections stack them by rows
+without copying (``StackedBlocks``). ``BlockLinear`` multiplies with the C++
 block GEMM (engine/csrc/quant_cpu.h: activations quantized per block of 32 as ggml-cpu does, so
 the result is that file's model); ``BlockEmbedding`` dequantizes only the rows a step looks up.
 Both need the C++ kernels; the engine keeps a file quantized only when they load
@@ -44,15 +45,22 @@ class BlockTensor:
         """float32 (rows, cols): the torch reference path and formats without a kernel."""
         return torch.from_numpy(np.asarray(dequantize(self.raw.numpy(), self.qtype), dtype=np.float32))
 
-    @staticmethod
-    def cat(parts: list) -> BlockTensor | torch.Tensor:
-        """Stack rows (fused q/k/v, gate/up): raw block rows when every part has one native type,
-        else float32."""
-        if all(isinstance(p, BlockTensor) for p in parts) and len({p.qtype for p in parts}) == 1 \
-                and len({p.shape[1] for p in parts}) == 1:
-            return BlockTensor(torch.cat([p.raw for p in parts]), parts[0].qtype,
-                               (sum(p.shape[0] for p in parts), parts[0].shape[1]))
-        return torch.cat([p.dequantize() if isinstance(p, BlockTensor) else p for p in parts])
+
+
+class StackedBlocks(list):
+    """A fused projection's weights (q/k/v, gate/up) stacked by rows without copying them: the
+    file's tensors side by side, each in its own format; the GEMM quantizes the input once."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return sum(p.shape[0] for p in self), self[0].shape[1]
+
+
+def stack_rows(parts: list) -> StackedBlocks | torch.Tensor:
+    """Stack weights by rows: as block parts when every one is a BlockTensor, else float32."""
+    if all(isinstance(p, BlockTensor) for p in parts):
+        return StackedBlocks(parts)
+    return torch.cat([p.dequantize() if isinstance(p, BlockTensor) else p for p in parts])
 
 
 def _kernels():
@@ -65,22 +73,25 @@ def _kernels():
 
 
 class BlockLinear(nn.Module):
-    """y = x W^T (+ b) with W in a GGUF block format."""
+    """y = x W^T (+ b) with W one GGUF block-format weight or several stacked by rows."""
 
-    def __init__(self, weight: BlockTensor, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, weight: BlockTensor | StackedBlocks, bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.qtype = int(weight.qtype)
-        self.out_features, self.in_features = weight.shape
-        self.register_buffer("blocks", weight.raw, persistent=False)  # (out, bytes per row) uint8
+        self.parts = list(weight) if isinstance(weight, StackedBlocks) else [weight]
+        self.out_features, self.in_features = sum(p.shape[0] for p in self.parts), self.parts[0].shape[1]
+        if any(p.shape[1] != self.in_features for p in self.parts):
+            raise ValueError("stacked weights must have the same number of columns")
         self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias, requires_grad=False)
 
-    def block_tensor(self) -> BlockTensor:
-        return BlockTensor(self.blocks, GGMLQuantizationType(self.qtype), (self.out_features, self.in_features))
+    def kernel_args(self) -> tuple[list[torch.Tensor], list[int], list[int], int]:
+        """(raw parts, ggml types, rows per part, in_features): what the C++ GEMM takes."""
+        return ([p.raw for p in self.parts], [int(p.qtype) for p in self.parts], [p.shape[0] for p in self.parts],
+                self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = _kernels().quant_matmul(x.reshape(-1, self.in_features), self.blocks, self.qtype, self.out_features,
-                                    self.in_features)
+        raws, types, rows, k = self.kernel_args()
+        y = _kernels().quant_matmul_parts(x.reshape(-1, k), raws, types, rows, k)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape[:-1], self.out_features)

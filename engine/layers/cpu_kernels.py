@@ -104,7 +104,7 @@ def build_llama_stack(model):
         if isinstance(layer, PerTokenInt8Linear):
             return layer.qlinear._packed_params._packed_params, layer.bias
         if isinstance(layer, BlockLinear):
-            return (layer.blocks, layer.qtype, layer.out_features, layer.in_features), layer.bias
+            return layer.kernel_args(), layer.bias
         return layer.weight.detach(), (layer.bias.detach() if layer.bias is not None else None)
 
     stack = mod.LlamaStack(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.attention import AttentionMetadata, paged_attention
-from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor
+from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor, StackedBlocks, stack_rows
 from engine.layers.rotary import RotaryEmbedding, apply_rotary
 from engine.models.config import ModelConfig
 
@@ -136,21 +136,21 @@ class LlamaForCausalLM(nn.Module):
             taken.add(name)
             return weights[name]
 
-        def put(name: str, value: torch.Tensor | BlockTensor) -> None:
+        def put(name: str, value: torch.Tensor | BlockTensor | StackedBlocks) -> None:
             path, attr = name.rsplit(".", 1)
             module = self.get_submodule(path)
             expected = tuple(getattr(module, attr).shape)
             if tuple(value.shape) != expected:
                 raise ValueError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {expected}")
-            if isinstance(value, BlockTensor):
+            if isinstance(value, (BlockTensor, StackedBlocks)):
                 parent, child = path.rsplit(".", 1) if "." in path else ("", path)
                 layer = BlockEmbedding(value) if isinstance(module, nn.Embedding) else BlockLinear(value, module.bias)
                 setattr(self.get_submodule(parent) if parent else self, child, layer)
             else:
                 setattr(module, attr, nn.Parameter(value.detach(), requires_grad=False))
 
-        def cat(parts: list) -> torch.Tensor | BlockTensor:
-            return BlockTensor.cat(parts) if any(isinstance(p, BlockTensor) for p in parts) else torch.cat(parts)
+        def cat(parts: list) -> torch.Tensor | StackedBlocks:
+            return stack_rows(parts) if any(isinstance(p, BlockTensor) for p in parts) else torch.cat(parts)
 
         put("embed_tokens.weight", take("model.embed_tokens.weight"))
         put("norm.weight", take("model.norm.weight"))

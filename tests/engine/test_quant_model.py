@@ -60,8 +60,9 @@ def test_default_engine_computes_on_the_blocks(quantized_gguf):
     model = engine.model
     assert engine.keeps_file_quantization and model.cpu_stack is not None
     assert isinstance(model.embed_tokens, BlockEmbedding)
-    assert isinstance(model.lm_head, BlockLinear) and model.lm_head.qtype == int(Q.Q8_0)
-    assert model.lm_head.blocks.data_ptr() == model.embed_tokens.blocks.data_ptr()  # tied: one copy
+    [head] = model.lm_head.parts
+    assert isinstance(model.lm_head, BlockLinear) and head.qtype == Q.Q8_0
+    assert head.raw.data_ptr() == model.embed_tokens.blocks.data_ptr()  # tied: one copy
     for layer in model.layers:
         for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
             assert isinstance(linear, BlockLinear)
@@ -78,8 +79,8 @@ def test_greedy_output_equals_the_reference_arithmetic(quantized_gguf, monkeypat
     native, native_prompt = _generate(engine, params), prompt_logprobs(engine, PROMPTS[1])
 
     def reference_linear(self, x):
-        raw = self.blocks.numpy()
-        y, _ = reference_matmul(x.reshape(-1, self.in_features).numpy(), raw, Q(self.qtype))
+        rows = x.reshape(-1, self.in_features).numpy()
+        y = np.concatenate([reference_matmul(rows, p.raw.numpy(), p.qtype)[0] for p in self.parts], axis=1)
         y = torch.from_numpy(y.astype(np.float32))
         return (y + self.bias if self.bias is not None else y).view(*x.shape[:-1], self.out_features)
 
@@ -128,8 +129,8 @@ _RSS_SCRIPT = textwrap.dedent("""
 
 def test_loading_a_quantized_file_does_not_materialize_float32(tmp_path):
     """A generated Q8_0 file (39 MB; 147 MB as float32): loading it raises the peak resident set
-    by much less than the float32 weights would take (measured: ~52 MB: the file's pages read
-    and the fused q/k/v and gate/up block copies; with dtype=float32, ~234 MB)."""
+    by less than the file's size, the weights staying memory-mapped until used (measured: ~12 MB,
+    the un-permuted q/k copies among it; with dtype=float32, ~234 MB)."""
     path = write_tiny_gguf(str(tmp_path / "big.gguf"), qtype="Q8_0", hidden_size=1024, num_heads=16, num_kv_heads=4,
                            intermediate_size=2048, num_layers=4, seed=5)
     float32_bytes = (4 * (1024 * 1024 * 2.5 + 3 * 1024 * 2048) + 2 * 512 * 1024) * 4
@@ -139,7 +140,7 @@ def test_loading_a_quantized_file_does_not_materialize_float32(tmp_path):
                          check=True, timeout=300).stdout.split()
     peak_growth = int(out[0])
     assert "Q8_0 x" in " ".join(out[1:])
-    assert peak_growth < 0.5 * float32_bytes, (peak_growth, os.path.getsize(path), float32_bytes)
+    assert peak_growth < os.path.getsize(path) < 0.3 * float32_bytes, (peak_growth, os.path.getsize(path))
 
 
 def test_a_requests_tokens_do_not_depend_on_the_batch(quantized_gguf):
