@@ -108,3 +108,22 @@ def test_variants_agree_and_bad_input_is_refused():
         kernels.quant_matmul(x, raw, int(Q.Q6_K), 8, 64)
     with pytest.raises(RuntimeError, match="unknown CPU ISA"):
         kernels.quant_matmul(x, raw, int(Q.Q4_1), 8, 64, "sse9")
+
+
+def test_set_isa_chooses_the_variant_later_calls_use():
+    """What GPTSERVE_CPU_ISA does at load (engine/layers/cpu_kernels.py): every later call, the C++
+    stack's included, runs that variant; one the CPU lacks is refused by name."""
+    rng = np.random.default_rng(3)
+    raw = torch.from_numpy(random_weights(Q.Q8_0, 12, 64, rng))
+    x = torch.from_numpy(rng.standard_normal((3, 64)).astype(np.float32))
+    try:
+        for isa in ISAS:
+            assert kernels.set_isa(isa) == isa
+            torch.testing.assert_close(kernels.quant_matmul(x, raw, int(Q.Q8_0), 12, 64),
+                                       kernels.quant_matmul(x, raw, int(Q.Q8_0), 12, 64, isa), rtol=0, atol=0)
+        for isa in {"avx512", "avx2"} - set(ISAS):
+            with pytest.raises(RuntimeError, match="cannot run"):
+                kernels.set_isa(isa)
+    finally:
+        kernels.set_isa("auto")
+    assert kernels.set_isa("auto") == ISAS[-1]  # the widest by default
