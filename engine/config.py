@@ -11,7 +11,9 @@ class EngineConfig:
 
     model: str | None = None  # a .gguf file or a Hugging Face folder
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16
+    # "auto": on CPU a GGUF file's own block formats (Q4_0/Q4_1/Q8_0, engine/layers/blocks.py) and
+    # float32 for the rest, bfloat16 on CUDA | float32 (everything dequantized: the reference) | bfloat16 | float16
+    dtype: str = "auto"
     max_model_len: int | None = None  # default: the model's context length
     max_num_seqs: int = 64  # sequences decoded together at most
     max_num_batched_tokens: int = 1024  # tokens per step (prefill chunks + decodes)
@@ -24,7 +26,7 @@ class EngineConfig:
     chat_template: str | None = None  # a Jinja2 template that replaces the model's own
     kv_cache_dtype: str = "auto"  # "auto" (the model's dtype) | "float16": half the KV memory and reads
     quantization: str | None = None  # None, or "int8": dynamic int8 linear layers (CPU only)
-    cpu_kernels: bool = True  # the C++ decoder stack on CPU float32 when it builds (GPTSERVE_CPU_KERNELS=0: off)
+    cpu_kernels: bool = True  # the C++ decoder stack on CPU when it builds (GPTSERVE_CPU_KERNELS=0: off, and float32)
     fault_injection_step: int | None = None  # tests only: the forward pass of this step raises
 
     def __post_init__(self) -> None:

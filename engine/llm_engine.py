@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -16,12 +15,14 @@ from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.layers.attention import AttentionMetadata
+from engine.layers import cpu_kernels
+from engine.layers.blocks import BlockTensor
 from engine.layers.cpu_kernels import build_llama_stack
 from engine.layers.quant import CALIBRATION_TEXT, quantize_int8
 from engine.loader import default_model_path, load_checkpoint
 from engine.loader.weights_format import weights_format
 from engine.model_runner import ModelRunner
-from engine.models.registry import INT8_ARCHITECTURES, model_class
+from engine.models.registry import BLOCK_ARCHITECTURES, INT8_ARCHITECTURES, model_class
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
@@ -66,6 +67,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _weight_formats(weights: dict) -> str:
+    """"Q4_1 x210, Q8_0 x1, F32 x61": the formats the weights are held in."""
+    counts: dict[str, int] = {}
+    for w in weights.values():
+        name = w.qtype.name if isinstance(w, BlockTensor) else "F32"
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -78,28 +88,34 @@ class LLMEngine:
         if self.device.type == "cpu" and config.num_threads:
             torch.set_num_threads(config.num_threads)
         t0 = time.perf_counter()
-        model_config, weights = load_checkpoint(path)
+        self.keeps_file_quantization = self._keeps_file_quantization(path)
+        model_config, weights = load_checkpoint(path, keep_quantized=self.keeps_file_quantization)
         if config.quantization == "int8" and model_config.architecture not in INT8_ARCHITECTURES:
             raise ValueError(f"quantization 'int8' does not cover the {model_config.architecture} family yet")
+        if self.keeps_file_quantization and model_config.architecture not in BLOCK_ARCHITECTURES:
+            # a family whose layers have no block-format kind yet: the float32 reference
+            self.keeps_file_quantization = False
+            weights = {name: w.dequantize() if isinstance(w, BlockTensor) else w
+                       for name, w in weights.items()}
+        self.weight_formats = _weight_formats(weights)
         self.model_config = model_config
         self.tokenizer = Tokenizer.load(path, chat_template=config.chat_template)
         self.max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
                                  model_config.max_position_embeddings)
         torch.manual_seed(config.seed)
-        with torch.device("meta"):
+        with torch.device("meta"):  # no float32 allocation: load_weights puts the loaded tensors in
             model = model_class(model_config.architecture)(model_config, self.max_model_len)
-        model = model.to_empty(device="cpu")
-        model.tie_weights()
         model.load_weights(weights)
         del weights
+        model.reset_rotary(torch.device("cpu"))
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.reset_rotary(self.device)  # float32 tables, computed for real (not meta)
         if config.quantization == "int8":
             self.model = quantize_int8(self.model, self.device, self._calibration_forward)
         if config.cpu_kernels and self.device.type == "cpu":
             self.model.cpu_stack = build_llama_stack(self.model)
-        logger.info("decoder layers: %s", "C++ (engine/csrc/llama_cpu.cpp)" if self.model.cpu_stack is not None
-                    else "Python")
+        logger.info("decoder layers: %s; weights: %s", "C++ (engine/csrc/llama_cpu.cpp)"
+                    if self.model.cpu_stack is not None else "Python", self.weight_formats)
         self.kv_dtype = torch.float16 if config.kv_cache_dtype == "float16" else self.dtype
         per_token = ModelRunner.kv_bytes_per_token(model_config, self.kv_dtype)
         num_blocks = config.num_kv_blocks or max(
@@ -125,6 +141,15 @@ class LLMEngine:
             model_config.name, self.load_seconds, self.device, str(self.dtype).removeprefix("torch."),
             num_blocks, config.block_size, num_blocks * config.block_size,
         )
+
+    def _keeps_file_quantization(self, path: str) -> bool:
+        """dtype "auto" on the CPU computes a GGUF file's block formats as they are (the C++
+        kernels must load); otherwise the weights are dequantized to float32 (the reference)."""
+        if self.config.dtype != "auto" or self.device.type != "cpu" or self.config.quantization is not None:
+            return False
+        if not path.endswith(".gguf") or not cpu_kernels.enabled_by_env():
+            return False
+        return cpu_kernels.load() is not None
 
     @torch.inference_mode()
     def _calibration_forward(self) -> None:

@@ -71,7 +71,9 @@ class Settings(BaseSettings):
         "auto = when the chat template writes <think> and </think>; none = thinking stays in content")
     # engine
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = float32 on CPU, bfloat16 on CUDA")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = on CPU a GGUF file's own quantization (Q4_0/Q4_1/Q8_0 computed as stored; "
+        "other formats and Hugging Face folders float32), bfloat16 on CUDA; float32 = dequantize everything (the reference)")
     quantization: Literal["none", "int8"] = Field(
         "none", description="none = the weights as loaded (exact); int8 = int8 linear layers on the CPU, "
         "2-3x the throughput for a measured cost in quality (see BENCHMARKS.md)")

@@ -208,19 +208,22 @@ def _random_kquant_blocks(num_values: int, qtype, rng: np.random.Generator) -> n
     return blocks
 
 
-def gguf_tensors_from(hf_weights: dict[str, torch.Tensor], *, arch: str, qtype: str, num_heads: int, num_kv_heads: int, seed: int = 0) -> dict:
+def gguf_tensors_from(hf_weights: dict[str, torch.Tensor], *, arch: str, qtype: str, num_heads: int, num_kv_heads: int,
+                      seed: int = 0, embed_qtype: str | None = None) -> dict:
     """GGUF name → (array as written, GGMLQuantizationType): permuted Q/K, quantized 2-D weights.
 
     1-D tensors stay F32, and so does a weight whose rows aren't whole blocks of ``qtype`` (as
     llama.cpp's quantizer falls back). K-quants are random valid blocks, not the weights.
+    ``embed_qtype`` gives token_embd its own type (SmolLM2's file: Q8_0 embeddings, Q4_1 layers).
     """
     import gguf
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    target = GGMLQuantizationType[qtype]
     rng = np.random.default_rng(seed)
     out = {}
     for name, tensor in hf_weights.items():
+        is_embed = name == "model.embed_tokens.weight" and embed_qtype is not None
+        target = GGMLQuantizationType[embed_qtype if is_embed else qtype]
         array = tensor.numpy().astype(np.float32)
         if arch in ("llama", "mistral") and "q_proj" in name:
             array = permute_qk(array, num_heads)
@@ -268,6 +271,7 @@ def write_tiny_gguf(
     intermediate_size: int = 128,
     max_position_embeddings: int = 512,
     rope_theta: float = 10000.0,
+    embed_qtype: str | None = None,
 ) -> str:
     """The tiny model as a GGUF file (llama.cpp conventions, tokenizer metadata); returns ``path``."""
     import gguf
@@ -290,7 +294,8 @@ def write_tiny_gguf(
     writer.add_rope_dimension_count(hidden_size // num_heads)
     add_tiny_tokenizer(writer)
     for name, (array, tensor_type) in gguf_tensors_from(
-        weights, arch=arch, qtype=qtype, num_heads=num_heads, num_kv_heads=num_kv_heads, seed=seed
+        weights, arch=arch, qtype=qtype, num_heads=num_heads, num_kv_heads=num_kv_heads, seed=seed,
+        embed_qtype=embed_qtype,
     ).items():
         if tensor_type.name in ("F32", "F16"):
             writer.add_tensor(name, array)

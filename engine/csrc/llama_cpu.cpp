@@ -6,7 +6,9 @@
 // activations; the KV cache float32, or float16 (EngineConfig.kv_cache_dtype, converted with F16C).
 // Linear layers are either float32 (at::linear, the same call the Python path makes) or torch's
 // fbgemm int8 (the packed weights of engine/layers/quant.py, with the same per-token activation
-// scaling). Prefill chunks attend with at::scaled_dot_product_attention, as in Python.
+// scaling), or a GGUF block format kept as the file's bytes (quant_cpu.h: Q4_0, Q4_1, Q8_0,
+// computed as ggml-cpu computes them). Prefill chunks attend with at::scaled_dot_product_attention,
+// as in Python.
 #include <torch/extension.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <ATen/Parallel.h>
@@ -22,14 +24,19 @@
 #include <limits>
 #include <vector>
 
+#include "quant_cpu.h"
+
 namespace {
 
 using at::Tensor;
 
 struct Linear {
-  Tensor weight;  // float32 (out, in), or undefined when int8
+  Tensor weight;  // float32 (out, in), or undefined when int8 or blocks
   Tensor bias;    // float32 (out) or undefined
   c10::intrusive_ptr<LinearPackedParamsBase> packed;  // int8, or null
+  std::vector<Tensor> blocks;  // uint8 (out_i, row bytes) of ggml type types[i], stacked; or empty
+  std::vector<int64_t> types, outs;
+  int64_t in = 0;
 
   // y = x W^T (+ b). For int8, x's rows were divided by row_scale; multiply back here.
   Tensor operator()(const Tensor& x) const {
@@ -37,6 +44,10 @@ struct Linear {
     // rows already divided by their absolute maximum: a fixed [-1, 1] -> 0..127 quantization
     // (engine/layers/quant.py's INPUT_SCALE), the same for a row alone or in any batch
     if (packed) return packed->apply_with_input_q_dq_qweight_dq_output_fp32(x, 2.0 / 127, 64);
+    if (!blocks.empty()) {
+      Tensor y = gq::matmul_parts(x, blocks, types, outs, in, gq::current_isa());
+      return bias.defined() ? y.add_(bias) : y;
+    }
     return at::linear(x, weight, bias.defined() ? c10::optional<Tensor>(bias) : c10::nullopt);
   }
   bool int8() const { return static_cast<bool>(packed); }
@@ -281,7 +292,8 @@ class LlamaStack {
     TORCH_CHECK(cos_.scalar_type() == at::kFloat && cos_.size(1) == head_dim, "cos table: float32 (P, head_dim)");
   }
 
-  // Linears are given as (float weight, bias) or (packed int8 ScriptObject, bias).
+  // Linears are given as (float weight, bias), (packed int8 ScriptObject, bias) or
+  // (([uint8 blocks], [ggml type], [out], in), bias): the parts stacked by rows.
   void add_layer(Tensor input_norm, Tensor post_norm, py::object qkv, py::object qkv_bias, py::object o,
                  py::object gate_up, py::object down) {
     Layer layer;
@@ -369,6 +381,14 @@ class LlamaStack {
     if (!bias.is_none()) lin.bias = bias.cast<Tensor>().contiguous();
     if (THPVariable_Check(w.ptr())) {
       lin.weight = w.cast<Tensor>().contiguous();
+      return lin;
+    }
+    if (py::isinstance<py::tuple>(w)) {
+      auto t = w.cast<py::tuple>();
+      lin.blocks = t[0].cast<std::vector<Tensor>>();
+      lin.types = t[1].cast<std::vector<int64_t>>(), lin.outs = t[2].cast<std::vector<int64_t>>();
+      lin.in = t[3].cast<int64_t>();
+      for (int64_t type : lin.types) TORCH_CHECK(gq::is_native(type), "ggml type ", type, " has no native kernel");
       return lin;
     }
     static const c10::FunctionSchema& schema =
@@ -604,6 +624,20 @@ class LlamaStack {
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("quant_matmul", [](Tensor x, Tensor w, int64_t type, int64_t n, int64_t k, std::string isa) {
+          return gq::matmul(x, w, type, n, k, isa.empty() ? gq::current_isa() : gq::parse_isa(isa));
+        }, py::arg("x"), py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), py::arg("isa") = "",
+        py::call_guard<py::gil_scoped_release>(),
+        "y (T, n) float32 = x (T, k) @ W.T for W the raw GGUF blocks (n, row bytes) of ggml type `type`");
+  m.def("quant_matmul_parts", [](Tensor x, std::vector<Tensor> ws, std::vector<int64_t> types,
+                                 std::vector<int64_t> ns, int64_t k) {
+          return gq::matmul_parts(x, ws, types, ns, k, gq::current_isa());
+        }, py::call_guard<py::gil_scoped_release>(),
+        "y (T, sum ns) float32 = x (T, k) @ [W_0; W_1; ...].T for raw GGUF block parts, each of its own type");
+  m.def("quant_dequantize", &gq::dequantize, "raw GGUF block rows (R, row bytes) -> float32 (R, k)");
+  m.def("set_isa", &gq::set_isa, "the kernel variant later calls use: auto | avx512 | avx2 | scalar");
+  m.def("supported_isas", &gq::supported_isas, "the kernel variants this CPU can run");
+  m.def("native_types", []() { return std::vector<int64_t>{gq::Q4_0, gq::Q4_1, gq::Q8_0}; });
   py::class_<LlamaStack>(m, "LlamaStack")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, Tensor, Tensor>())
       .def("add_layer", &LlamaStack::add_layer)

@@ -13,7 +13,8 @@ leftover before building.
 
 When it cannot be built (no compiler, say) ``load()`` returns None, says why once in the log, and
 the model runs its Python path: the C++ stack is an optimization, never a requirement.
-``GPTSERVE_CPU_KERNELS=0`` turns it off.
+``GPTSERVE_CPU_KERNELS=0`` turns it off. ``GPTSERVE_CPU_ISA=avx512|avx2|scalar`` forces the
+variant of the block-format kernels (engine/csrc/quant_cpu.h; default: the widest this CPU runs).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch
 
 log = logging.getLogger("gptserve.engine")
 
-_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "llama_cpu.cpp"
+_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "llama_cpu.cpp"  # includes the rest of engine/csrc
 _lock = threading.Lock()
 _module = None
 _failed: str | None = None
@@ -50,7 +51,10 @@ def _cpu_id() -> str:
 
 def _build_dir() -> tuple[str, Path]:
     key = hashlib.sha256()
-    key.update(_SOURCE.read_bytes())
+    for path in sorted(_SOURCE.parent.iterdir()):  # every file the build reads, so any edit builds afresh
+        if path.is_file():
+            key.update(path.name.encode())
+            key.update(path.read_bytes())
     key.update(torch.__version__.encode())
     key.update(platform.machine().encode())
     key.update(_cpu_id().encode())
@@ -93,6 +97,9 @@ def load():
                 source = _copy_sources(path / "src")
                 _module = build(name=name, sources=[str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                                 build_directory=str(path), verbose=False)
+            isa = os.environ.get("GPTSERVE_CPU_ISA", "").strip().lower()
+            if isa:
+                log.info("block-format kernels: %s (GPTSERVE_CPU_ISA)", _module.set_isa(isa))
         except Exception as exc:  # no compiler, no ninja, a failed build: the Python path serves
             _failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
             log.warning("C++ CPU kernels unavailable, using the Python path (%s)", _failed)
@@ -104,8 +111,9 @@ STACK_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
 
 
 def build_llama_stack(model):
-    """A LlamaStack holding ``model``'s layers (float32 or int8 linears), or None when the
-    kernels are unavailable or the model is not a float32 CPU model they cover."""
+    """A LlamaStack holding ``model``'s layers (float32, int8 or GGUF block-format linears), or
+    None when the kernels are unavailable or the model is not a float32 CPU model they cover."""
+    from engine.layers.blocks import BlockLinear
     from engine.layers.quant import PerTokenInt8Linear
 
     if not enabled_by_env():
@@ -118,8 +126,8 @@ def build_llama_stack(model):
         return None
     if model.rotary.cos.shape[1] != cfg.head_dim:
         return None
-    embed = model.embed_tokens.weight
-    if embed.device.type != "cpu" or embed.dtype != torch.float32:
+    norm = model.norm.weight  # (the embedding may be block-format: engine/layers/blocks.py)
+    if norm.device.type != "cpu" or norm.dtype != torch.float32:
         return None
     mod = load()
     if mod is None:
@@ -128,6 +136,8 @@ def build_llama_stack(model):
     def linear(layer):
         if isinstance(layer, PerTokenInt8Linear):
             return layer.qlinear._packed_params._packed_params, layer.bias
+        if isinstance(layer, BlockLinear):
+            return layer.kernel_args(), layer.bias
         return layer.weight.detach(), (layer.bias.detach() if layer.bias is not None else None)
 
     stack = mod.LlamaStack(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,

@@ -23,12 +23,14 @@ def default_model_path() -> str:
     raise RuntimeError(f"{DEFAULT_MODEL_FILE} is missing from {DEFAULT_MODEL_PACKAGE}; run: {DEFAULT_MODEL_INSTALL}")
 
 
-def load_checkpoint(path: str):
+def load_checkpoint(path: str, keep_quantized: bool = False):
     """Load a ``.gguf`` file or a Hugging Face folder.
 
     Returns ``(ModelConfig, dict[str, torch.Tensor])``: float32 tensors named
     ``model.embed_tokens.weight``, ``model.layers.{i}.self_attn.q_proj.weight`` … in torch Linear
-    shape (out_features, in_features); ``lm_head.weight`` is absent when tied.
+    shape (out_features, in_features); ``lm_head.weight`` is absent when tied. With
+    ``keep_quantized``, a GGUF file's weights in a natively computed block format come as
+    ``engine.layers.blocks.BlockTensor`` (the file's bytes, memory-mapped) instead.
     """
     if os.path.isdir(path):
         from engine.loader.safetensors import load_hf_folder
@@ -37,5 +39,5 @@ def load_checkpoint(path: str):
     if path.endswith(".gguf") and os.path.isfile(path):
         from engine.loader.gguf import load_gguf
 
-        return load_gguf(path)
+        return load_gguf(path, keep_quantized=keep_quantized)
     raise ValueError(f"not a .gguf file or a Hugging Face folder: {path}")

@@ -1,4 +1,6 @@
-"""GGUF file → ModelConfig + float32 tensors named in Hugging Face Llama style.
+"""GGUF file → ModelConfig + tensors named in Hugging Face Llama style: float32, or with
+``keep_quantized`` the 2-D weights in a format the C++ kernels compute on left as the file's
+blocks (engine/layers/blocks.py ``BlockTensor``, memory-mapped: never unpacked to float32).
 
 GGUF stores shapes innermost-first (ne0 = in_features); :func:`read_gguf` reverses them to numpy
 order (rows, bytes-per-row), so a dequantized 2-D weight comes out (out, in), which
@@ -26,6 +28,7 @@ from engine.loader.gguf_families import (
     gemma_fields,
     phi3_fields,
 )
+from engine.layers.blocks import NATIVE_TYPES, BlockTensor
 from engine.loader.progress import progress
 from engine.models.config import ModelConfig
 
@@ -281,8 +284,9 @@ def dequantize_tensor(tensor: GGUFTensor) -> np.ndarray:
     return np.asarray(dequantize(tensor.data, qtype), dtype=np.float32).reshape(tensor.shape)
 
 
-def load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Read a GGUF file: its ModelConfig and float32 tensors with Hugging Face names."""
+def load_gguf(path: str, keep_quantized: bool = False) -> tuple[ModelConfig, dict[str, torch.Tensor | BlockTensor]]:
+    """Read a GGUF file: its ModelConfig and tensors with Hugging Face names, float32 or (with
+    ``keep_quantized``) BlockTensors for the 2-D weights whose format has a native kernel."""
     gguf_file = read_gguf(path)
     architecture_of(gguf_file.metadata)
     # Check every type first so an unsupported file fails before seconds of dequantizing.
@@ -297,6 +301,9 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         if tensor.name in _IGNORED or tensor.name in ROPE_FACTOR_TENSORS:
             continue
         name = hf_tensor_name(tensor.name, file_arch)
+        if keep_quantized and tensor.tensor_type in NATIVE_TYPES and len(tensor.shape) == 2:
+            tensors[name] = _block_tensor(tensor, name, config, is_permuted)
+            continue
         array = dequantize_tensor(tensor)
         if is_permuted and name.endswith(("q_proj.weight", "q_proj.bias")):
             array = unpermute_qk(array, config.num_attention_heads)
@@ -306,3 +313,14 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             array = array - 1.0  # stored as 1 + w
         tensors[name] = torch.from_numpy(np.ascontiguousarray(array))
     return config, tensors
+
+
+def _block_tensor(tensor: GGUFTensor, name: str, config: ModelConfig, is_permuted: bool) -> BlockTensor:
+    """The weight's block rows as mapped; Q/K's rotary permutation moves whole rows, so it is
+    undone on the raw rows (a copy of those two matrices only)."""
+    raw = tensor.data
+    if is_permuted and name.endswith("q_proj.weight"):
+        raw = np.ascontiguousarray(unpermute_qk(raw, config.num_attention_heads))
+    elif is_permuted and name.endswith("k_proj.weight"):
+        raw = np.ascontiguousarray(unpermute_qk(raw, config.num_key_value_heads))
+    return BlockTensor.from_numpy(raw, tensor.tensor_type, tensor.shape)

@@ -145,3 +145,4 @@ class Gemma3ForCausalLM(nn.Module):
                                                                    for p in ("gate", "up")]))
             copier.copy(dst + "mlp.down_proj.weight", src + "mlp.down_proj.weight")
         copier.check_all_used()
+        self.tie_weights()  # the loaded embedding is a new parameter

@@ -99,3 +99,4 @@ class GPT2LMHeadModel(nn.Module):
                 continue
             copier.copy(name, "transformer." + name)
         copier.check_all_used()
+        self.tie_weights()  # the loaded embedding is a new parameter

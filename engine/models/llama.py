@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.attention import AttentionMetadata, paged_attention
+from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor, StackedBlocks, stack_rows
 from engine.layers.rotary import RotaryEmbedding, apply_rotary
 from engine.models.config import ModelConfig
 
@@ -94,7 +95,11 @@ class LlamaForCausalLM(nn.Module):
         self.cpu_stack = None  # engine/layers/cpu_kernels.py: the decoder layers in C++ (set by the engine)
 
     def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
+        if not self.config.tie_word_embeddings:
+            return
+        if isinstance(self.embed_tokens, BlockEmbedding):  # the output layer computes on the same blocks
+            self.lm_head = BlockLinear(self.embed_tokens.block_tensor())
+        else:
             self.lm_head.weight = self.embed_tokens.weight
 
     def reset_rotary(self, device: torch.device | None) -> None:
@@ -127,10 +132,13 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head(hidden).float()  # (N, vocab)
 
     @torch.no_grad()
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Copy Hugging Face-named tensors in, fusing q/k/v and gate/up; fail on anything missing."""
+    def load_weights(self, weights: dict[str, torch.Tensor | BlockTensor]) -> None:
+        """Take Hugging Face-named tensors in, fusing q/k/v and gate/up; fail on anything missing.
+
+        The model may live on the meta device: each parameter is replaced by the loaded tensor
+        itself (no copy, no float32 allocation first). A ``BlockTensor`` replaces its Linear or
+        Embedding with the block-format layer (engine/layers/blocks.py)."""
         cfg = self.config
-        params = dict(self.named_parameters())
         taken: set[str] = set()
 
         def take(name: str) -> torch.Tensor:
@@ -139,11 +147,21 @@ class LlamaForCausalLM(nn.Module):
             taken.add(name)
             return weights[name]
 
-        def put(name: str, value: torch.Tensor) -> None:
-            param = params[name]
-            if tuple(param.shape) != tuple(value.shape):
-                raise ValueError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
-            param.copy_(value)
+        def put(name: str, value: torch.Tensor | BlockTensor | StackedBlocks) -> None:
+            path, attr = name.rsplit(".", 1)
+            module = self.get_submodule(path)
+            expected = tuple(getattr(module, attr).shape)
+            if tuple(value.shape) != expected:
+                raise ValueError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {expected}")
+            if isinstance(value, (BlockTensor, StackedBlocks)):
+                parent, child = path.rsplit(".", 1) if "." in path else ("", path)
+                layer = BlockEmbedding(value) if isinstance(module, nn.Embedding) else BlockLinear(value, module.bias)
+                setattr(self.get_submodule(parent) if parent else self, child, layer)
+            else:
+                setattr(module, attr, nn.Parameter(value.detach(), requires_grad=False))
+
+        def cat(parts: list) -> torch.Tensor | StackedBlocks:
+            return stack_rows(parts) if any(isinstance(p, BlockTensor) for p in parts) else torch.cat(parts)
 
         put("embed_tokens.weight", take("model.embed_tokens.weight"))
         put("norm.weight", take("model.norm.weight"))
@@ -156,7 +174,7 @@ class LlamaForCausalLM(nn.Module):
             if src + "self_attn.qkv_proj.weight" in weights:  # Phi-3 ships them fused
                 put(dst + "self_attn.qkv_proj.weight", take(src + "self_attn.qkv_proj.weight"))
             else:
-                put(dst + "self_attn.qkv_proj.weight", torch.cat([take(f"{src}self_attn.{p}_proj.weight") for p in "qkv"]))
+                put(dst + "self_attn.qkv_proj.weight", cat([take(f"{src}self_attn.{p}_proj.weight") for p in "qkv"]))
             if cfg.attention_bias:
                 put(dst + "self_attn.qkv_proj.bias", torch.cat([take(f"{src}self_attn.{p}_proj.bias") for p in "qkv"]))
             put(dst + "self_attn.o_proj.weight", take(src + "self_attn.o_proj.weight"))
@@ -166,9 +184,10 @@ class LlamaForCausalLM(nn.Module):
             if src + "mlp.gate_up_proj.weight" in weights:
                 put(dst + "mlp.gate_up_proj.weight", take(src + "mlp.gate_up_proj.weight"))
             else:
-                put(dst + "mlp.gate_up_proj.weight", torch.cat([take(f"{src}mlp.{p}_proj.weight") for p in ("gate", "up")]))
+                put(dst + "mlp.gate_up_proj.weight", cat([take(f"{src}mlp.{p}_proj.weight") for p in ("gate", "up")]))
             put(dst + "mlp.down_proj.weight", take(src + "mlp.down_proj.weight"))
         unused = sorted(set(weights) - taken - {"lm_head.weight"})
         unused = [n for n in unused if "rotary_emb" not in n]
         if unused:
             raise ValueError(f"checkpoint has tensors this model does not use: {', '.join(unused[:5])}")
+        self.tie_weights()

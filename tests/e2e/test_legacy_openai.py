@@ -21,7 +21,7 @@ CHAT_SNIPPET = '''
 import openai
 openai.api_key = "{key}"
 openai.api_base = "{base}"
-response = openai.ChatCompletion.create(model="gpt-4", messages=[{{"role": "user", "content": "What is the capital of France?"}}], temperature=0)
+response = openai.ChatCompletion.create(model="gpt-4", messages=[{{"role": "user", "content": "What is the capital of France? Answer in one sentence."}}], temperature=0)
 print(response.choices[0].message.content)
 print(response["choices"][0]["message"]["content"])
 '''

@@ -8,7 +8,7 @@ from tests.e2e.conftest import API_KEY, SERVED_NAMES
 from tests.server.helpers import check_error, check_stream, parse_sse
 from tests.spec_validator import validate
 
-PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+PARIS = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
 def test_greedy_chat_answers_paris(openai_client):

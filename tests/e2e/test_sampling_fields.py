@@ -14,7 +14,7 @@ from tests.e2e.spec_client import validating_openai_client
 
 PROMPT = "The capital of France is"
 REPETITIVE = "one two one two one two one two one two one two one two"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
 @pytest.fixture(scope="module")

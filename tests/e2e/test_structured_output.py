@@ -55,7 +55,7 @@ def test_json_schema_strict_sampled_n3_all_valid(http):
 
 def test_json_object_streamed(http):
     r = http.post("/v1/chat/completions", json={
-        "model": MODEL, "messages": ask("Give me a JSON object about a cat."), "temperature": 0, "max_tokens": 100,
+        "model": MODEL, "messages": ask("Give me a JSON object with the name and the age of a cat."), "temperature": 0, "max_tokens": 100,
         "response_format": {"type": "json_object"}, "stream": True})
     texts = check_stream(parse_sse(r.text))
     assert isinstance(json.loads(texts[0]), dict)

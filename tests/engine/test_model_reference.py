@@ -32,7 +32,7 @@ def compare_with_transformers(engine: LLMEngine, hf_model, prompt_ids: list[int]
 def test_tiny_random_checkpoint_matches_transformers(fixture, request):
     path = request.getfixturevalue(fixture)
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    engine = LLMEngine(EngineConfig(model=path, num_threads=1, block_size=4, max_num_batched_tokens=9))
+    engine = LLMEngine(EngineConfig(model=path, num_threads=1, block_size=4, max_num_batched_tokens=9, dtype="float32"))
     for prompt in ([5, 17, 33, 2, 99, 7, 150, 42, 8, 61, 300, 12, 4], [3, 4]):
         compare_with_transformers(engine, hf, prompt, atol=1e-4)
 
@@ -42,7 +42,8 @@ def test_smollm2_gguf_matches_transformers():
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
     ).eval()
-    engine = LLMEngine(EngineConfig(model=path, max_model_len=512))
+    # transformers dequantizes the file to float32: so does --dtype float32 (the default computes on the blocks)
+    engine = LLMEngine(EngineConfig(model=path, max_model_len=512, dtype="float32"))
     prompt = engine.tokenizer.encode(
         engine.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
     )

@@ -1,0 +1,114 @@
+"""Weights kept in a GGUF block format (the file's bytes) and the layers that compute on them.
+
+A ``BlockTensor`` is a 2-D weight as the file stores it: uint8 rows of blocks (rows = output
+features), memory-mapped from the file where it can be; fused projections stack them by rows
+without copying (``StackedBlocks``). ``BlockLinear`` multiplies with the C++
+block GEMM (engine/csrc/quant_cpu.h: activations quantized per block of 32 as ggml-cpu does, so
+the result is that file's model); ``BlockEmbedding`` dequantizes only the rows a step looks up.
+Both need the C++ kernels; the engine keeps a file quantized only when they load
+(engine/llm_engine.py), otherwise it dequantizes to float32 as before.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
+from torch import nn
+
+# ggml types the C++ kernels compute on directly; others are dequantized at load.
+NATIVE_TYPES = frozenset({GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0})
+
+
+@dataclass
+class BlockTensor:
+    """A (rows, cols) weight as raw GGUF blocks: ``raw`` uint8 (rows, bytes per row)."""
+
+    raw: torch.Tensor
+    qtype: GGMLQuantizationType
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_numpy(cls, raw: np.ndarray, qtype: GGMLQuantizationType, shape: tuple[int, int]) -> BlockTensor:
+        with warnings.catch_warnings():  # a read-only memory map: nothing ever writes to it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return cls(torch.from_numpy(raw), GGMLQuantizationType(qtype), (int(shape[0]), int(shape[1])))
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.numel()
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 (rows, cols): the torch reference path and formats without a kernel."""
+        return torch.from_numpy(np.asarray(dequantize(self.raw.numpy(), self.qtype), dtype=np.float32))
+
+
+
+class StackedBlocks(list):
+    """A fused projection's weights (q/k/v, gate/up) stacked by rows without copying them: the
+    file's tensors side by side, each in its own format; the GEMM quantizes the input once."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return sum(p.shape[0] for p in self), self[0].shape[1]
+
+
+def stack_rows(parts: list) -> StackedBlocks | torch.Tensor:
+    """Stack weights by rows: as block parts when every one is a BlockTensor, else float32."""
+    if all(isinstance(p, BlockTensor) for p in parts):
+        return StackedBlocks(parts)
+    return torch.cat([p.dequantize() if isinstance(p, BlockTensor) else p for p in parts])
+
+
+def _kernels():
+    from engine.layers.cpu_kernels import load
+
+    module = load()
+    if module is None:
+        raise RuntimeError("block-format weights need the C++ CPU kernels (engine/layers/cpu_kernels.py)")
+    return module
+
+
+class BlockLinear(nn.Module):
+    """y = x W^T (+ b) with W one GGUF block-format weight or several stacked by rows."""
+
+    def __init__(self, weight: BlockTensor | StackedBlocks, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.parts = list(weight) if isinstance(weight, StackedBlocks) else [weight]
+        self.out_features, self.in_features = sum(p.shape[0] for p in self.parts), self.parts[0].shape[1]
+        if any(p.shape[1] != self.in_features for p in self.parts):
+            raise ValueError("stacked weights must have the same number of columns")
+        self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias, requires_grad=False)
+
+    def kernel_args(self) -> tuple[list[torch.Tensor], list[int], list[int], int]:
+        """(raw parts, ggml types, rows per part, in_features): what the C++ GEMM takes."""
+        return ([p.raw for p in self.parts], [int(p.qtype) for p in self.parts], [p.shape[0] for p in self.parts],
+                self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        raws, types, rows, k = self.kernel_args()
+        y = _kernels().quant_matmul_parts(x.reshape(-1, k), raws, types, rows, k)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+
+class BlockEmbedding(nn.Module):
+    """Token embeddings in a GGUF block format: each lookup dequantizes only its rows."""
+
+    def __init__(self, weight: BlockTensor) -> None:
+        super().__init__()
+        self.qtype = int(weight.qtype)
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.register_buffer("blocks", weight.raw, persistent=False)
+
+    def block_tensor(self) -> BlockTensor:
+        return BlockTensor(self.blocks, GGMLQuantizationType(self.qtype), (self.num_embeddings, self.embedding_dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.blocks.index_select(0, ids.reshape(-1))
+        return _kernels().quant_dequantize(rows, self.qtype, self.embedding_dim).view(*ids.shape, self.embedding_dim)

@@ -1,0 +1,155 @@
+"""The default CPU path keeps a GGUF file's block formats and computes on them (engine/layers/blocks.py,
+engine/csrc/quant_cpu.h): what it loads, what it computes, what it costs in memory.
+
+The yardstick for "the file's model" is a numpy copy of ggml-cpu's arithmetic
+(tests/engine/test_quant_kernels.py ``reference_matmul``) swapped into the Python layers.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize
+
+from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.layers import blocks as blocks_module
+from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor
+from engine.layers.cpu_kernels import load
+from engine.loader.gguf import load_gguf
+from tests.engine.test_quant import prompt_logprobs
+from tests.engine.test_quant_kernels import reference_matmul
+from tests.tiny_models import write_tiny_gguf
+
+pytestmark = pytest.mark.skipif(load() is None, reason="the C++ kernels could not be built here")
+
+PROMPTS = [[5, 17, 33, 2, 99], list(range(3, 40)), [7, 7, 300, 12]]
+
+
+@pytest.fixture(scope="module", params=["Q4_1", "Q4_0", "Q8_0"])
+def quantized_gguf(request, tmp_path_factory) -> str:
+    """Like SmolLM2's file: one format in the layers, Q8_0 token embeddings tied to the output."""
+    path = str(tmp_path_factory.mktemp("q") / f"tiny-{request.param}.gguf")
+    return write_tiny_gguf(path, qtype=request.param, embed_qtype="Q8_0", tie_word_embeddings=True, seed=3)
+
+
+def _generate(engine, params):
+    return [(c.token_ids, [lp.logprob for lp in c.logprobs]) for c, *_ in engine.generate(PROMPTS, params)]
+
+
+def test_loader_keeps_blocks_and_undoes_the_qk_permutation_on_rows(quantized_gguf):
+    _, blocks = load_gguf(quantized_gguf, keep_quantized=True)
+    _, floats = load_gguf(quantized_gguf)
+    qtype = Q[os.path.basename(quantized_gguf)[5:-5]]
+    for name, value in blocks.items():
+        if floats[name].dim() == 1:
+            assert isinstance(value, torch.Tensor) and value.dtype == torch.float32  # norms
+            continue
+        assert isinstance(value, BlockTensor), name
+        assert value.raw.dtype == torch.uint8
+        assert value.qtype == (Q.Q8_0 if name == "model.embed_tokens.weight" else qtype)
+        # q/k rows moved as whole block rows: the same matrix as dequantize-then-unpermute
+        np.testing.assert_array_equal(value.dequantize().numpy(), floats[name].numpy())
+
+
+def test_default_engine_computes_on_the_blocks(quantized_gguf):
+    engine = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01))
+    model = engine.model
+    assert engine.keeps_file_quantization and model.cpu_stack is not None
+    assert isinstance(model.embed_tokens, BlockEmbedding)
+    [head] = model.lm_head.parts
+    assert isinstance(model.lm_head, BlockLinear) and head.qtype == Q.Q8_0
+    assert head.raw.data_ptr() == model.embed_tokens.blocks.data_ptr()  # tied: one copy
+    for layer in model.layers:
+        for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
+            assert isinstance(linear, BlockLinear)
+    float_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.dtype == torch.float32)
+    assert float_bytes < 0.05 * os.path.getsize(quantized_gguf)  # norms only
+    reference = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01, dtype="float32"))
+    assert not reference.keeps_file_quantization
+    assert not any(isinstance(m, (BlockLinear, BlockEmbedding)) for m in reference.model.modules())
+
+
+def test_greedy_output_equals_the_reference_arithmetic(quantized_gguf, monkeypatch):
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
+    engine = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01))
+    native, native_prompt = _generate(engine, params), prompt_logprobs(engine, PROMPTS[1])
+
+    def reference_linear(self, x):
+        rows = x.reshape(-1, self.in_features).numpy()
+        y = np.concatenate([reference_matmul(rows, p.raw.numpy(), p.qtype)[0] for p in self.parts], axis=1)
+        y = torch.from_numpy(y.astype(np.float32))
+        return (y + self.bias if self.bias is not None else y).view(*x.shape[:-1], self.out_features)
+
+    def reference_embedding(self, ids):
+        return torch.from_numpy(dequantize(self.blocks[ids].numpy(), Q(self.qtype)).astype(np.float32))
+
+    monkeypatch.setattr(blocks_module.BlockLinear, "forward", reference_linear)
+    monkeypatch.setattr(blocks_module.BlockEmbedding, "forward", reference_embedding)
+    python = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01, cpu_kernels=False))
+    assert python.model.cpu_stack is None and python.keeps_file_quantization
+    reference, reference_prompt = _generate(python, params), prompt_logprobs(python, PROMPTS[1])
+    # Equal up to the order floats are added in; where that moves an activation across a rounding
+    # boundary of the next layer's 8-bit quantization, one value moves by a step: hence 2e-3, not 1e-6.
+    for (ids, lps), (ref_ids, ref_lps) in zip(native, reference):
+        assert ids == ref_ids
+        np.testing.assert_allclose(lps, ref_lps, atol=2e-3)
+    np.testing.assert_allclose(native_prompt.numpy(), reference_prompt.numpy(), atol=2e-3)
+
+
+def test_quantized_path_stays_close_to_the_float32_reference(quantized_gguf):
+    """Same weights, activations rounded to 8 bits per block: prompt logprobs move a little."""
+    quant = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01))
+    exact = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01, dtype="float32"))
+    want, got = prompt_logprobs(exact, PROMPTS[1]), prompt_logprobs(quant, PROMPTS[1])
+    assert (want - got).abs().max() < 0.1
+
+
+_RSS_SCRIPT = textwrap.dedent("""
+    import sys
+    from engine import EngineConfig, LLMEngine
+    # a small file first: imports, the built kernels and the code's own first-use costs are not
+    # what is measured
+    LLMEngine(EngineConfig(model=sys.argv[2], num_threads=1, num_kv_blocks=4))
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+    base = status("VmRSS")
+    engine = LLMEngine(EngineConfig(model=sys.argv[1], num_threads=1, num_kv_blocks=4))
+    print(status("VmHWM") - base, engine.weight_formats)
+""")
+
+
+def test_loading_a_quantized_file_does_not_materialize_float32(tmp_path):
+    """A generated Q8_0 file (39 MB; 147 MB as float32): loading it raises the peak resident set
+    by less than the file's size, the weights staying memory-mapped until used (measured: ~12 MB,
+    the un-permuted q/k copies among it; with dtype=float32, ~234 MB)."""
+    path = write_tiny_gguf(str(tmp_path / "big.gguf"), qtype="Q8_0", hidden_size=1024, num_heads=16, num_kv_heads=4,
+                           intermediate_size=2048, num_layers=4, seed=5)
+    float32_bytes = (4 * (1024 * 1024 * 2.5 + 3 * 1024 * 2048) + 2 * 512 * 1024) * 4
+    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    small = write_tiny_gguf(str(tmp_path / "small.gguf"), qtype="Q8_0", seed=5)
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, path, small], capture_output=True, text=True, env=env,
+                         check=True, timeout=300).stdout.split()
+    peak_growth = int(out[0])
+    assert "Q8_0 x" in " ".join(out[1:])
+    assert peak_growth < os.path.getsize(path) < 0.3 * float32_bytes, (peak_growth, os.path.getsize(path))
+
+
+def test_a_requests_tokens_do_not_depend_on_the_batch(quantized_gguf):
+    """Activations are quantized per row and block, and each output is one row's dot products:
+    a prompt decoded alone or beside others gives the same tokens and logprobs."""
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=1)
+    config = dict(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01)
+    together = _generate(LLMEngine(EngineConfig(**config)), params)
+    for prompt, (ids, lps) in zip(PROMPTS, together):
+        [[solo]] = LLMEngine(EngineConfig(**config)).generate([prompt], params)
+        assert solo.token_ids == ids
+        assert [lp.logprob for lp in solo.logprobs] == lps
