@@ -2,7 +2,7 @@
 
 Built on first use with torch.utils.cpp_extension (the machine's C++ compiler and the ``ninja``
 package), for this CPU (-march=native), into ``$GPTSERVE_KERNEL_CACHE`` (default
-``~/.cache/gptserve/kernels``), in a folder named by the source, torch version and CPU, so a
+``~/.cache/gptserve/kernels``), in a folder named by the sources (every .cpp and .h in engine/csrc), torch version and CPU, so a
 change to any of them builds afresh; a later process only loads the built library. A build
 takes about a minute on 2 cores; concurrent processes wait for one build (torch's file lock).
 
@@ -44,7 +44,9 @@ def _cpu_id() -> str:
 
 def _build_dir() -> tuple[str, Path]:
     key = hashlib.sha256()
-    key.update(_SOURCE.read_bytes())
+    for source in sorted(p for p in _SOURCE.parent.iterdir() if p.suffix in (".cpp", ".h")):  # headers too
+        key.update(source.name.encode())
+        key.update(source.read_bytes())
     key.update(torch.__version__.encode())
     key.update(platform.machine().encode())
     key.update(_cpu_id().encode())
