@@ -35,6 +35,15 @@ struct Scratch {
       : q(rows * D), o(rows * D), s(rows * kKeys), kt(D * kKeys), v(kKeys * D), max(rows), sum(rows), alpha(rows) {}
 };
 
+#ifdef GPTSERVE_FAST_ATTENTION
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+#endif
+
 inline float to_float(float x) { return x; }
 inline float to_float(at::Half x) { return static_cast<float>(x); }
 
@@ -192,13 +201,29 @@ inline void softmax_tile(int64_t M, const int64_t* pos, int64_t c0, int64_t nc, 
       w.alpha[m] = 1.f;
       continue;
     }
-    float mx = w.max[m];
-    for (int64_t j = 0; j < valid; ++j) mx = std::max(mx, s[j]);
-    for (int64_t j = 0; j < valid; ++j) s[j] -= mx;
-    exp_inplace(s, valid);
-    std::fill(s + valid, s + nc, 0.f);
-    float total = 0.f;
-    for (int64_t j = 0; j < valid; ++j) total += s[j];
+    float mx = w.max[m], total = 0.f;
+#ifdef GPTSERVE_FAST_ATTENTION
+    if (valid == kKeys) {  // a whole tile, no mask: the common case, in vector registers
+      __m256 mv = _mm256_set1_ps(mx);
+      for (int64_t j = 0; j < kKeys; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + j));
+      mx = hmax(mv);
+      const __m256 sub = _mm256_set1_ps(mx);
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t j = 0; j < kKeys; j += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), sub));
+        _mm256_storeu_ps(s + j, e);
+        acc = _mm256_add_ps(acc, e);
+      }
+      total = hsum(acc);
+    } else
+#endif
+    {
+      for (int64_t j = 0; j < valid; ++j) mx = std::max(mx, s[j]);
+      for (int64_t j = 0; j < valid; ++j) s[j] -= mx;
+      exp_inplace(s, valid);
+      std::fill(s + valid, s + nc, 0.f);
+      for (int64_t j = 0; j < valid; ++j) total += s[j];
+    }
     const float alpha = std::exp(w.max[m] - mx);  // 0 on the first tile (max was -inf)
     w.alpha[m] = alpha;
     w.sum[m] = w.sum[m] * alpha + total;
