@@ -4,7 +4,8 @@ Built on first use with torch.utils.cpp_extension (the machine's C++ compiler an
 package), for this CPU (-march=native), into ``$GPTSERVE_KERNEL_CACHE`` (default
 ``~/.cache/gptserve/kernels``), in a folder named by the sources (every .cpp and .h in
 engine/csrc), torch version and CPU, so a change to any of them builds afresh; a later process
-only loads the built library. A build takes about a minute on 2 cores; concurrent processes wait for one build (torch's file lock).
+only loads the built library. A build takes about a minute on 2 cores; concurrent processes wait
+for one build (torch's file lock).
 
 When it cannot be built (no compiler, say) ``load()`` returns None, says why once in the log, and
 the model runs its Python path: the C++ stack is an optimization, never a requirement.
