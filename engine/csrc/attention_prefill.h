@@ -7,7 +7,7 @@
 // sequence's keys 64 at a time straight out of the pool (float32 or float16), and keeps a running
 // max and sum per query (online softmax), so nothing of size context × context and no gathered
 // copy of the context is ever made: per thread a few tiles of scratch (queries, one K tile
-// transposed, one V tile, scores, outputs), about 100 KB.
+// transposed, one V tile, scores, outputs), about 100 KB at head_dim 64.
 //
 // Included by llama_cpu.cpp inside its namespace, after its vector helpers (hsum, exp8,
 // exp_inplace, load8); this file includes nothing itself.
