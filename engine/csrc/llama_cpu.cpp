@@ -1,14 +1,14 @@
 // The Llama decoder stack on the CPU in one C++ call: what engine/models/llama.py does layer by
 // layer in Python, without ~600 Python-dispatched torch ops a step, and with attention for the
-// decoding tokens read straight out of the paged KV pool (no gathered copy, no padding).
+// decoding and prefilling tokens read straight out of the paged KV pool (no gathered copy, no padding).
 //
 // Built on first use by engine/layers/cpu_kernels.py (torch.utils.cpp_extension). Float32
 // activations; the KV cache float32, or float16 (EngineConfig.kv_cache_dtype, converted with F16C).
 // Linear layers are either float32 (at::linear, the same call the Python path makes) or torch's
 // fbgemm int8 (the packed weights of engine/layers/quant.py, with the same per-token activation
 // scaling), or a GGUF block format kept as the file's bytes (quant_cpu.h: Q4_0, Q4_1, Q8_0,
-// computed as ggml-cpu computes them). Prefill chunks attend with at::scaled_dot_product_attention,
-// as in Python.
+// computed as ggml-cpu computes them). Prefill chunks attend over the paged pool too,
+// flash-attention style (attention_prefill.h).
 #include <torch/extension.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <ATen/Parallel.h>
@@ -20,8 +20,10 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "quant_cpu.h"
@@ -220,6 +222,8 @@ inline void softmax_inplace(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
+#include "attention_prefill.h"  // prefill::attend, over the helpers above
+
 inline float absmax(const float* p, int64_t n) {
   float m = 0.f;
 #pragma omp simd reduction(max : m)
@@ -373,6 +377,23 @@ class LlamaStack {
     decode_attention_impl(qc.data_ptr<float>(), num_heads_ * head_dim_, cache, B, tables.contiguous(),
                           lens.contiguous(), out.data_ptr<float>(), num_heads_ * head_dim_);
     return out.view({B, num_heads_, head_dim_});
+  }
+
+  // Prefill attention alone (for tests): q (T, Hq, D) -> (T, Hq, D); prefills[i] = (start,
+  // num_new, num_context) with block table tables[i], keys and values already in the cache.
+  Tensor prefill_attention(Tensor q, Tensor cache, std::vector<std::vector<int64_t>> prefills,
+                           std::vector<Tensor> tables) {
+    const int64_t T = q.size(0), W = num_heads_ * head_dim_;
+    Tensor out = at::zeros({T, W}, q.options());
+    Tensor qc = q.contiguous();
+    std::vector<Tensor> held;
+    std::vector<prefill::Chunk> chunks;
+    for (size_t i = 0; i < prefills.size(); ++i) {
+      held.push_back(tables[i].contiguous());
+      chunks.push_back({prefills[i][0], prefills[i][1], prefills[i][2], held.back().data_ptr<int64_t>()});
+    }
+    prefill_attention_impl(qc.data_ptr<float>(), W, cache.contiguous(), chunks, out.data_ptr<float>(), W);
+    return out.view({T, num_heads_, head_dim_});
   }
 
  private:
@@ -565,33 +586,28 @@ class LlamaStack {
   void attention(const Tensor& qkv, const Tensor& cache, int64_t num_decode, const Tensor& tables, const Tensor& lens,
                  const std::vector<std::vector<int64_t>>& prefills, const std::vector<Tensor>& prefill_tables,
                  Tensor& out) {
-    const int64_t D = head_dim_, Hq = num_heads_, Hkv = num_kv_heads_;
-    const int64_t q_size = Hq * D, kv_size = Hkv * D;
+    const int64_t q_size = num_heads_ * head_dim_;
     if (num_decode)
       decode_attention_impl(qkv.data_ptr<float>(), qkv.size(1), cache, num_decode, tables, lens,
                             out.data_ptr<float>(), q_size);
     if (prefills.empty()) return;
-    const double sm_scale = 1.0 / std::sqrt(static_cast<double>(D));
+    std::vector<prefill::Chunk> chunks;
     for (size_t i = 0; i < prefills.size(); ++i) {
-      const int64_t start = prefills[i][0], n = prefills[i][1], ctx = prefills[i][2];
-      Tensor rows = qkv.narrow(0, start, n);
-      Tensor query = rows.narrow(1, 0, q_size).view({n, Hq, D}).transpose(0, 1);
-      Tensor res;
-      if (ctx == n) {
-        Tensor keys = rows.narrow(1, q_size, kv_size).view({n, Hkv, D}).transpose(0, 1);
-        Tensor values = rows.narrow(1, q_size + kv_size, kv_size).view({n, Hkv, D}).transpose(0, 1);
-        res = at::scaled_dot_product_attention(query, keys, values, {}, 0.0, /*is_causal=*/true, sm_scale,
-                                               /*enable_gqa=*/true);
-      } else {
-        const Tensor& table = prefill_tables[i];
-        Tensor kb = cache[0].index_select(0, table).view({-1, Hkv, D}).narrow(0, 0, ctx).to(at::kFloat).transpose(0, 1);
-        Tensor vb = cache[1].index_select(0, table).view({-1, Hkv, D}).narrow(0, 0, ctx).to(at::kFloat).transpose(0, 1);
-        Tensor q_pos = at::arange(ctx - n, ctx, qkv.options().dtype(at::kLong));
-        Tensor mask = at::arange(ctx, qkv.options().dtype(at::kLong)).unsqueeze(0) <= q_pos.unsqueeze(1);
-        res = at::scaled_dot_product_attention(query, kb, vb, mask, 0.0, false, sm_scale, true);
-      }
-      out.narrow(0, start, n).view({n, Hq, D}).copy_(res.transpose(0, 1));
+      TORCH_CHECK(prefill_tables[i].scalar_type() == at::kLong && prefill_tables[i].is_contiguous(),
+                  "block tables: contiguous int64");
+      chunks.push_back({prefills[i][0], prefills[i][1], prefills[i][2], prefill_tables[i].data_ptr<int64_t>()});
     }
+    prefill_attention_impl(qkv.data_ptr<float>(), qkv.size(1), cache, chunks, out.data_ptr<float>(), q_size);
+  }
+
+  void prefill_attention_impl(const float* q, int64_t q_stride, const Tensor& cache,
+                              const std::vector<prefill::Chunk>& chunks, float* out, int64_t out_stride) {
+    RECORD_FUNCTION("gptserve::prefill_attention", c10::ArrayRef<const c10::IValue>{});
+    const prefill::Shape sh{num_heads_, num_kv_heads_, head_dim_, cache.size(2), num_kv_heads_ * head_dim_};
+    if (cache.scalar_type() == at::kHalf)
+      prefill::attend<at::Half>(q, q_stride, cache, chunks, sh, out, out_stride);
+    else
+      prefill::attend<float>(q, q_stride, cache, chunks, sh, out, out_stride);
   }
 
   // act = silu(gate) * up from (T, 2I) (scaled back first for int8), then (int8) rows scaled.
@@ -644,5 +660,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("num_layers", &LlamaStack::num_layers)
       .def("set_qk_norm", &LlamaStack::set_qk_norm)
       .def("forward", &LlamaStack::forward, py::call_guard<py::gil_scoped_release>())
-      .def("decode_attention", &LlamaStack::decode_attention, py::call_guard<py::gil_scoped_release>());
+      .def("decode_attention", &LlamaStack::decode_attention, py::call_guard<py::gil_scoped_release>())
+      .def("prefill_attention", &LlamaStack::prefill_attention, py::call_guard<py::gil_scoped_release>());
 }

@@ -2,7 +2,7 @@
 
 Built on first use with torch.utils.cpp_extension (the machine's C++ compiler and the ``ninja``
 package), for this CPU (-march=native), into ``$GPTSERVE_KERNEL_CACHE`` (default
-``~/.cache/gptserve/kernels``), in a folder named by the source, torch version and CPU, so a
+``~/.cache/gptserve/kernels``), in a folder named by the sources (every file in engine/csrc), torch version and CPU, so a
 change to any of them builds afresh; a later process only loads the built library. The sources
 are compiled from a copy inside that folder, so every clone or install of the same source shares
 one build instead of taking turns rebuilding it. A build takes about a

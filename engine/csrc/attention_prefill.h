@@ -1,0 +1,306 @@
+// Prefill attention straight from the paged KV pool, flash-attention style.
+//
+// A prefill chunk's queries sit at positions p0 .. p0 + n - 1 (p0 > 0 after a prefix-cache hit
+// or an earlier chunk); their keys and values, the chunk's own included, are already in the pool
+// (post_qkv wrote them). Each task takes one sequence, one KV head and a tile of query rows with
+// all G query heads that share that KV head (GQA: one loaded K/V tile serves G heads), walks the
+// sequence's keys 64 at a time straight out of the pool (float32 or float16), and keeps a running
+// max and sum per query (online softmax), so nothing of size context × context and no gathered
+// copy of the context is ever made: per thread a few tiles of scratch (queries, one K tile
+// transposed, one V tile, scores, outputs), about 100 KB at head_dim 64.
+//
+// Included by llama_cpu.cpp inside its namespace, after its vector helpers (hsum, exp8,
+// exp_inplace, load8); this file includes nothing itself.
+
+namespace prefill {
+
+constexpr int64_t kKeys = 64;  // keys per tile
+constexpr int64_t kRows = 6;   // query vectors per register tile
+
+struct Chunk {
+  int64_t start;        // first row of the chunk in the step's flat batch
+  int64_t num_new;      // its queries
+  int64_t num_context;  // keys it attends over: positions 0 .. num_context - 1
+  const int64_t* table; // the sequence's block table (at least ceil(num_context / block_size) blocks)
+};
+
+struct Shape {
+  int64_t num_heads, num_kv_heads, head_dim, block_size, slot_stride;  // slot_stride = Hkv * D
+};
+
+// Per-thread scratch.
+struct Scratch {
+  std::vector<float> q, o, s, kt, v, max, sum, alpha;
+  Scratch(int64_t rows, int64_t D)
+      : q(rows * D), o(rows * D), s(rows * kKeys), kt(D * kKeys), v(kKeys * D), max(rows), sum(rows), alpha(rows) {}
+};
+
+#ifdef GPTSERVE_FAST_ATTENTION
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+#endif
+
+inline float to_float(float x) { return x; }
+inline float to_float(at::Half x) { return static_cast<float>(x); }
+
+// Keys c0 .. c0 + nc - 1 of one KV head: K transposed into kt (D, kKeys), V into v (kKeys, D),
+// zero past nc (their scores are masked; zeros keep stale values from turning into NaN).
+template <typename T>
+void load_tile(const T* kc, const T* vc, const Chunk& c, const Shape& sh, int64_t koff, int64_t c0, int64_t nc,
+               float* kt, float* v) {
+  const int64_t D = sh.head_dim, bs = sh.block_size;
+  for (int64_t j = 0; j < nc; ++j) {
+    const int64_t pos = c0 + j;
+    const int64_t row = (c.table[pos / bs] * bs + pos % bs) * sh.slot_stride + koff;
+    const T* k = kc + row;
+    const T* vr = vc + row;
+    float* vd = v + j * D;
+    int64_t d = 0;
+#ifdef GPTSERVE_FAST_ATTENTION
+    for (; d + 8 <= D; d += 8) {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, load8(k + d));
+      for (int i = 0; i < 8; ++i) kt[(d + i) * kKeys + j] = tmp[i];
+      _mm256_storeu_ps(vd + d, load8(vr + d));
+    }
+#endif
+    for (; d < D; ++d) {
+      kt[d * kKeys + j] = to_float(k[d]);
+      vd[d] = to_float(vr[d]);
+    }
+  }
+  if (nc < kKeys) {
+    for (int64_t d = 0; d < D; ++d) std::fill(kt + d * kKeys + nc, kt + (d + 1) * kKeys, 0.f);
+    std::fill(v + nc * D, v + kKeys * D, 0.f);
+  }
+}
+
+// s (R, kKeys) = q (R, D) · kt (D, kKeys)
+template <int R>
+inline void qk_tile(const float* q, int64_t D, const float* kt, float* s) {
+#ifdef GPTSERVE_FAST_ATTENTION
+  for (int64_t c = 0; c < kKeys; c += 16) {
+    __m256 a0[R], a1[R];
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      const __m256 k0 = _mm256_loadu_ps(kt + d * kKeys + c), k1 = _mm256_loadu_ps(kt + d * kKeys + c + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 qv = _mm256_set1_ps(q[r * D + d]);
+        a0[r] = _mm256_fmadd_ps(qv, k0, a0[r]);
+        a1[r] = _mm256_fmadd_ps(qv, k1, a1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm256_storeu_ps(s + r * kKeys + c, a0[r]);
+      _mm256_storeu_ps(s + r * kKeys + c + 8, a1[r]);
+    }
+  }
+#else
+  for (int r = 0; r < R; ++r) {
+    float* sr = s + r * kKeys;
+    std::fill(sr, sr + kKeys, 0.f);
+    for (int64_t d = 0; d < D; ++d) {
+      const float qd = q[r * D + d];
+      for (int64_t j = 0; j < kKeys; ++j) sr[j] += qd * kt[d * kKeys + j];
+    }
+  }
+#endif
+}
+
+// o (R, D) = o * alpha (per row) + p (R, kKeys; first nk columns) · v (nk, D)
+template <int R>
+inline void pv_tile(const float* p, const float* v, int64_t D, int64_t nk, const float* alpha, float* o) {
+  int64_t c = 0;
+#ifdef GPTSERVE_FAST_ATTENTION
+  for (; c + 16 <= D; c += 16) {
+    __m256 a0[R], a1[R];
+    for (int r = 0; r < R; ++r) {
+      const __m256 al = _mm256_set1_ps(alpha[r]);
+      a0[r] = _mm256_mul_ps(_mm256_loadu_ps(o + r * D + c), al);
+      a1[r] = _mm256_mul_ps(_mm256_loadu_ps(o + r * D + c + 8), al);
+    }
+    for (int64_t j = 0; j < nk; ++j) {
+      const __m256 v0 = _mm256_loadu_ps(v + j * D + c), v1 = _mm256_loadu_ps(v + j * D + c + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 pj = _mm256_set1_ps(p[r * kKeys + j]);
+        a0[r] = _mm256_fmadd_ps(pj, v0, a0[r]);
+        a1[r] = _mm256_fmadd_ps(pj, v1, a1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm256_storeu_ps(o + r * D + c, a0[r]);
+      _mm256_storeu_ps(o + r * D + c + 8, a1[r]);
+    }
+  }
+  for (; c + 8 <= D; c += 8) {
+    __m256 a[R];
+    for (int r = 0; r < R; ++r) a[r] = _mm256_mul_ps(_mm256_loadu_ps(o + r * D + c), _mm256_set1_ps(alpha[r]));
+    for (int64_t j = 0; j < nk; ++j) {
+      const __m256 vj = _mm256_loadu_ps(v + j * D + c);
+      for (int r = 0; r < R; ++r) a[r] = _mm256_fmadd_ps(_mm256_set1_ps(p[r * kKeys + j]), vj, a[r]);
+    }
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(o + r * D + c, a[r]);
+  }
+#endif
+  for (; c < D; ++c)  // head_dim not a multiple of 8 (or no AVX2)
+    for (int r = 0; r < R; ++r) {
+      float acc = o[r * D + c] * alpha[r];
+      for (int64_t j = 0; j < nk; ++j) acc += p[r * kKeys + j] * v[j * D + c];
+      o[r * D + c] = acc;
+    }
+}
+
+template <int R>
+inline void tile_rows(int64_t rows, const float* q, int64_t D, const float* kt, const float* v, int64_t nk,
+                      Scratch& w, bool scores) {
+  // rows is a multiple of R here; the caller peels the rest
+  for (int64_t m = 0; m < rows; m += R) {
+    if (scores)
+      qk_tile<R>(q + m * D, D, kt, w.s.data() + m * kKeys);
+    else
+      pv_tile<R>(w.s.data() + m * kKeys, v, D, nk, w.alpha.data() + m, w.o.data() + m * D);
+  }
+}
+
+// All rows of the task's scratch, R query vectors at a time, the last few by a smaller kernel.
+inline void for_rows(int64_t M, int64_t D, const float* kt, const float* v, int64_t nk, Scratch& w, bool scores) {
+  const int64_t full = M / kRows * kRows;
+  tile_rows<kRows>(full, w.q.data(), D, kt, v, nk, w, scores);
+  const int64_t m = full, rest = M - full;
+  const float* q = w.q.data() + m * D;
+  auto one = [&](auto kernel_rows) {
+    constexpr int R = decltype(kernel_rows)::value;
+    if (scores)
+      qk_tile<R>(q, D, kt, w.s.data() + m * kKeys);
+    else
+      pv_tile<R>(w.s.data() + m * kKeys, v, D, nk, w.alpha.data() + m, w.o.data() + m * D);
+  };
+  switch (rest) {
+    case 1: one(std::integral_constant<int, 1>()); break;
+    case 2: one(std::integral_constant<int, 2>()); break;
+    case 3: one(std::integral_constant<int, 3>()); break;
+    case 4: one(std::integral_constant<int, 4>()); break;
+    case 5: one(std::integral_constant<int, 5>()); break;
+    default: break;
+  }
+}
+
+// Online softmax over one key tile: per query vector m (at position pos[m]) the valid keys are
+// c0 .. min(c0 + nc, pos[m] + 1) - 1; scores become probabilities relative to the new running
+// max, alpha rescales what the earlier tiles summed.
+inline void softmax_tile(int64_t M, const int64_t* pos, int64_t c0, int64_t nc, Scratch& w) {
+  for (int64_t m = 0; m < M; ++m) {
+    float* s = w.s.data() + m * kKeys;
+    const int64_t valid = std::min(nc, pos[m] - c0 + 1);
+    if (valid <= 0) {  // every key of this tile lies after this query
+      std::fill(s, s + nc, 0.f);
+      w.alpha[m] = 1.f;
+      continue;
+    }
+    float mx = w.max[m], total = 0.f;
+#ifdef GPTSERVE_FAST_ATTENTION
+    if (valid == kKeys) {  // a whole tile, no mask: the common case, in vector registers
+      __m256 mv = _mm256_set1_ps(mx);
+      for (int64_t j = 0; j < kKeys; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + j));
+      mx = hmax(mv);
+      const __m256 sub = _mm256_set1_ps(mx);
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t j = 0; j < kKeys; j += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), sub));
+        _mm256_storeu_ps(s + j, e);
+        acc = _mm256_add_ps(acc, e);
+      }
+      total = hsum(acc);
+    } else
+#endif
+    {
+      for (int64_t j = 0; j < valid; ++j) mx = std::max(mx, s[j]);
+      for (int64_t j = 0; j < valid; ++j) s[j] -= mx;
+      exp_inplace(s, valid);
+      std::fill(s + valid, s + nc, 0.f);
+      for (int64_t j = 0; j < valid; ++j) total += s[j];
+    }
+    const float alpha = std::exp(w.max[m] - mx);  // 0 on the first tile (max was -inf)
+    w.alpha[m] = alpha;
+    w.sum[m] = w.sum[m] * alpha + total;
+    w.max[m] = mx;
+  }
+}
+
+struct Task {
+  int64_t chunk, kv_head, row0, row1, cost;
+};
+
+// One task: query rows row0 .. row1 - 1 of chunk c, the G query heads of KV head g.
+template <typename T>
+void run_task(const Task& t, const Chunk& c, const Shape& sh, const T* kc, const T* vc, const float* q,
+              int64_t q_stride, float* out, int64_t out_stride, float sm_scale, Scratch& w,
+              std::vector<int64_t>& pos) {
+  const int64_t D = sh.head_dim, G = sh.num_heads / sh.num_kv_heads;
+  const int64_t M = (t.row1 - t.row0) * G;  // query vectors: row-major over (row, head in group)
+  const int64_t p0 = c.num_context - c.num_new;
+  for (int64_t r = t.row0; r < t.row1; ++r)
+    for (int64_t hh = 0; hh < G; ++hh) {
+      const int64_t m = (r - t.row0) * G + hh;
+      const float* src = q + (c.start + r) * q_stride + (t.kv_head * G + hh) * D;
+      for (int64_t d = 0; d < D; ++d) w.q[m * D + d] = src[d] * sm_scale;
+      pos[m] = p0 + r;
+    }
+  std::fill(w.o.begin(), w.o.begin() + M * D, 0.f);
+  std::fill(w.max.begin(), w.max.begin() + M, -std::numeric_limits<float>::infinity());
+  std::fill(w.sum.begin(), w.sum.begin() + M, 0.f);
+  const int64_t end = p0 + t.row1;  // keys the last row sees
+  for (int64_t c0 = 0; c0 < end; c0 += kKeys) {
+    const int64_t nc = std::min(kKeys, end - c0);
+    load_tile(kc, vc, c, sh, t.kv_head * D, c0, nc, w.kt.data(), w.v.data());
+    for_rows(M, D, w.kt.data(), w.v.data(), nc, w, /*scores=*/true);
+    softmax_tile(M, pos.data(), c0, nc, w);
+    for_rows(M, D, w.kt.data(), w.v.data(), nc, w, /*scores=*/false);
+  }
+  for (int64_t r = t.row0; r < t.row1; ++r)
+    for (int64_t hh = 0; hh < G; ++hh) {
+      const int64_t m = (r - t.row0) * G + hh;
+      float* dst = out + (c.start + r) * out_stride + (t.kv_head * G + hh) * D;
+      const float inv = 1.f / w.sum[m];
+      for (int64_t d = 0; d < D; ++d) dst[d] = w.o[m * D + d] * inv;
+    }
+}
+
+// Every chunk's queries (rows of q, head h at column h * D) attend causally over their sequence's
+// cached keys; results go to the same rows and columns of out. cache (2, blocks, block_size, Hkv, D).
+template <typename T>
+void attend(const float* q, int64_t q_stride, const Tensor& cache, const std::vector<Chunk>& chunks, const Shape& sh,
+            float* out, int64_t out_stride) {
+  const int64_t D = sh.head_dim, G = sh.num_heads / sh.num_kv_heads;
+  const int64_t rows_per_task = std::max<int64_t>(1, (96 + G - 1) / G);  // about 96 query vectors a task
+  std::vector<Task> tasks;
+  for (int64_t i = 0; i < static_cast<int64_t>(chunks.size()); ++i) {
+    const Chunk& c = chunks[i];
+    const int64_t p0 = c.num_context - c.num_new;
+    for (int64_t g = 0; g < sh.num_kv_heads; ++g)
+      for (int64_t r0 = 0; r0 < c.num_new; r0 += rows_per_task) {
+        const int64_t r1 = std::min(c.num_new, r0 + rows_per_task);
+        tasks.push_back({i, g, r0, r1, (r1 - r0) * (p0 + r1)});
+      }
+  }
+  // longest first, then whichever thread is free takes the next: the causal tiles differ in cost
+  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  const T* kc = cache[0].data_ptr<T>();
+  const T* vc = cache[1].data_ptr<T>();
+  const float sm_scale = 1.f / std::sqrt(static_cast<float>(D));
+  const int64_t num_tasks = static_cast<int64_t>(tasks.size());
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_tasks);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    Scratch w(rows_per_task * G, D);
+    std::vector<int64_t> pos(rows_per_task * G);
+    for (int64_t i = next.fetch_add(1); i < num_tasks; i = next.fetch_add(1))
+      run_task<T>(tasks[i], chunks[tasks[i].chunk], sh, kc, vc, q, q_stride, out, out_stride, sm_scale, w, pos);
+  });
+}
+
+}  // namespace prefill
