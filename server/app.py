@@ -173,7 +173,7 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(AdmissionMiddleware, admission=app.state.admission, router=app.router)
     auth = PublicMetricsAPIKeyMiddleware if settings.metrics_public else APIKeyMiddleware
-    app.add_middleware(auth, checker=checker, router=app.router)
+    app.add_middleware(auth, checker=checker, router=app.router, share_prefix_cache=settings.share_prefix_cache)
     if settings.cors_allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allowed_origins,
                            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])

@@ -15,6 +15,7 @@ from sse_starlette import EventSourceResponse
 
 from engine import EngineDeadError, SamplingParams
 from server import protocol as p
+from server.auth import current_cache_salt
 from server.errors import APIError, bad_request
 from server.generation import Generation
 from server.metrics import ServerMetrics
@@ -90,7 +91,9 @@ class OpenAIServing:
                 raise bad_request(f"Token id {token_id} is out of range (vocabulary size {vocab_size}).")
         if self.is_engine_dead:
             raise APIError(503, "The inference engine has stopped; the server is restarting.")
-        return request.to_sampling_params(max_tokens)
+        params = request.to_sampling_params(max_tokens)
+        params.cache_salt = current_cache_salt.get()  # each API key its own prefix cache (server/auth.py)
+        return params
 
     # ----- endpoints -----
 

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     api_key: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted API keys (repeat the flag; comma-separated in the env); none = open")
+    share_prefix_cache: bool = Field(
+        False, description="one prefix cache for all API keys (default: one per key, so cached_tokens cannot "
+                           "tell a client what another key's clients sent)")
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS; empty = CORS off")
