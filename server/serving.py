@@ -38,6 +38,8 @@ class OpenAIServing:
         self.served_model_names = served_model_names
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
+        # the model's logits' width: token ids the sampler may index (a tokenizer can be larger)
+        self.vocab_size = getattr(getattr(engine, "model_config", None), "vocab_size", None) or self.tokenizer.vocab_size
         self.created = int(time.time())
         self.on_engine_dead = on_engine_dead or (lambda: None)
         self.is_engine_dead = False
@@ -85,10 +87,11 @@ class OpenAIServing:
                     f"length of the {what} or the completion.",
                     param="max_tokens" if max_tokens and len(ids) < self.max_model_len else what,
                     code="context_length_exceeded")
-        vocab_size = self.tokenizer.vocab_size
+        vocab_size = self.vocab_size
         for token_id in [*(int(k) for k in (request.logit_bias or {})), *(request.stop_token_ids or [])]:
-            if token_id >= vocab_size:
-                raise bad_request(f"Token id {token_id} is out of range (vocabulary size {vocab_size}).")
+            if not 0 <= token_id < vocab_size:
+                raise bad_request(f"Token id {token_id} is out of range (the model's vocabulary size is {vocab_size}).",
+                                  param="logit_bias" if str(token_id) in (request.logit_bias or {}) else "stop_token_ids")
         if self.is_engine_dead:
             raise APIError(503, "The inference engine has stopped; the server is restarting.")
         params = request.to_sampling_params(max_tokens)
