@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from engine import SamplingParams
+from server.body_checks import check_body
 
 MAX_N = 128
 MAX_PROMPTS = 128
@@ -34,9 +35,12 @@ _logged_unknown: set[str] = set()
 
 
 class RequestModel(BaseModel):
-    """Unknown fields are ignored, and each unknown name is logged once per process."""
+    """Unknown fields are ignored, and each unknown name is logged once per process. A whole
+    request body is checked first for lone surrogates and deep nesting (server/body_checks.py);
+    models only ever nested in a body set ``is_request_body`` False to skip the second walk."""
 
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+    is_request_body: ClassVar[bool] = True
 
     @model_validator(mode="before")
     @classmethod
@@ -50,8 +54,16 @@ class RequestModel(BaseModel):
                                    cls.__name__)
         return data
 
+    @model_validator(mode="before")  # defined last, so it runs first
+    @classmethod
+    def _check_body(cls, data: Any) -> Any:
+        if cls.is_request_body:
+            check_body(data)
+        return data
+
 
 class StreamOptions(RequestModel):
+    is_request_body: ClassVar[bool] = False
     include_usage: bool | None = False
     include_obfuscation: bool | None = None  # nothing is obfuscated here, so there is nothing to turn off
 

@@ -26,3 +26,53 @@ def test_token_ids_past_the_models_vocabulary(path, body, param):
         assert not engine.requests  # nothing reached the engine
         ok = client.post(path, json={**body, "max_tokens": 2, "logit_bias": {"99": 1}, "stop_token_ids": [99]})
         assert ok.status_code == 200, ok.text
+
+
+def _nested_schema(levels: int) -> dict:
+    schema = {"type": "object"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+@pytest.mark.parametrize("path,body,param", [
+    (CHAT, '{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}', "model"),
+    (CHAT, '{"messages": [{"role": "user", "content": "hi \\udfff there"}]}', "messages[0].content"),
+    (COMP, '{"prompt": "lone \\udc00"}', "prompt"),
+    (COMP, '{"prompt": ["ok", "\\ud83d"]}', "prompt[1]"),
+    (COMP, '{"prompt": "x", "stop": ["\\ud800"]}', "stop[0]"),
+    ("/tokenize", '{"prompt": "\\ud800"}', "prompt"),
+])
+def test_lone_surrogates_are_a_400(client, path, body, param, caplog):
+    r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    check_error(r, 400, code="invalid_value", param=param)
+    assert "Unicode" in r.json()["error"]["message"]
+    assert not [rec for rec in caplog.records if rec.exc_info]  # no traceback in the log
+
+
+def test_surrogate_pairs_are_text(client):
+    r = client.post(COMP, content='{"prompt": "hi \\ud83d\\ude00", "max_tokens": 2}',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("field", ["response_format", "guided_json", "tools"])
+def test_deeply_nested_schema_is_a_400(client, field, caplog):
+    schema = _nested_schema(440)
+    body = {"messages": MSG, "max_tokens": 2}
+    if field == "response_format":
+        body[field] = {"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": schema}}
+    elif field == "guided_json":
+        body[field] = schema
+    else:
+        body.update(tools=[{"type": "function", "function": {"name": "f", "parameters": schema}}], tool_choice="required")
+    r = client.post(CHAT, json=body)
+    check_error(r, 400, param=field)
+    assert "nested more than" in r.json()["error"]["message"] and len(r.text) < 1000
+    assert not [rec for rec in caplog.records if rec.exc_info]
+
+
+def test_schema_of_ordinary_depth_still_works(client):
+    body = {"messages": MSG, "max_tokens": 2, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": _nested_schema(12)}}}
+    assert client.post(CHAT, json=body).status_code == 200
