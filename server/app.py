@@ -112,7 +112,8 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
                     await asyncio.to_thread(build_engine, settings, spec, i == 0)
                 app.state.engines.append(engine)
                 await engine.start()
-                serving = OpenAIServing(engine, spec.names, on_engine_dead=on_fatal, metrics=app.state.metrics)
+                serving = OpenAIServing(engine, spec.names, on_engine_dead=on_fatal, metrics=app.state.metrics,
+                                        special_tokens_in_messages=settings.special_tokens_in_messages)
                 if i == 0:
                     app.state.engine, app.state.serving = engine, serving
                 else:

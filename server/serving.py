@@ -32,8 +32,10 @@ SSE_PING_SECONDS = 15  # comment lines keep idle streams alive through proxies
 
 class OpenAIServing:
     def __init__(self, engine, served_model_names: list[str],
-                 on_engine_dead: Callable[[], None] | None = None, metrics: ServerMetrics | None = None) -> None:
+                 on_engine_dead: Callable[[], None] | None = None, metrics: ServerMetrics | None = None,
+                 special_tokens_in_messages: bool = False) -> None:
         self.engine = engine
+        self.special_tokens_in_messages = special_tokens_in_messages  # see serving_chat.chat_prompt_ids
         self.metrics = metrics or ServerMetrics(lambda: engine)
         self.served_model_names = served_model_names
         self.tokenizer = engine.tokenizer

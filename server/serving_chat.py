@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from engine import TokenLogprob
 from server import protocol_chat as pc
+from server.chat_tokens import SpecialTextGuard
 from server.errors import bad_request
 from server.serving_chunks import Chunks, json_string
 from server.serving_logprobs import TokenStrings, chat_logprobs
@@ -51,12 +52,26 @@ def template_messages(messages: list[pc.ChatMessage]) -> list[dict]:
              **({"tool_call_id": m.tool_call_id} if m.tool_call_id else {})} for m in messages]
 
 
-def chat_text(tokenizer, request: pc.ChatCompletionRequest) -> str:
-    """The prompt text of a chat request, tools included (server/tools.py)."""
+def chat_text(tokenizer, request: pc.ChatCompletionRequest, guard: SpecialTextGuard | None = None) -> str:
+    """The prompt text of a chat request, tools included (server/tools.py); with ``guard``, the
+    special tokens' text in the request's strings comes out marked (server/chat_tokens.py)."""
     knows_tools = "tools" in (getattr(tokenizer, "chat_template", None) or "")
     messages, tools = render_messages(template_messages(request.messages), request.tool_settings(), knows_tools)
     kwargs = {**(request.chat_template_kwargs or {}), **({"tools": tools} if tools else {})}
+    if guard is not None:
+        messages, kwargs = guard.escape(messages), guard.escape(kwargs)
     return render_chat(tokenizer, messages, request.is_generation_prompt_added, request.continue_final_message, kwargs)
+
+
+def chat_prompt_ids(tokenizer, request: pc.ChatCompletionRequest, special_tokens_in_messages: bool = False,
+                    add_special_tokens: bool = False) -> list[int]:
+    """A chat request's prompt token ids. The template writes the special tokens (BOS,
+    <|im_start|>) itself; text from the request spells them as plain text unless
+    ``special_tokens_in_messages`` (--special-tokens-in-messages, the old behaviour)."""
+    if special_tokens_in_messages:
+        return tokenizer.encode(chat_text(tokenizer, request), add_special_tokens=add_special_tokens)
+    guard = SpecialTextGuard(tokenizer)
+    return guard.encode(chat_text(tokenizer, request, guard), add_special_tokens=add_special_tokens)
 
 
 class ChatServing:
@@ -65,10 +80,8 @@ class ChatServing:
         self.tokenizer = serving.tokenizer
         self.strings = TokenStrings(self.tokenizer)
 
-    def prompt(self, request: pc.ChatCompletionRequest) -> list[int]:
-        text = chat_text(self.tokenizer, request)
-        # the template writes the special tokens (BOS, <|im_start|>) itself
-        return self.tokenizer.encode(text, add_special_tokens=False)
+    def prompt(self, request: pc.ChatCompletionRequest, add_special_tokens: bool = False) -> list[int]:
+        return chat_prompt_ids(self.tokenizer, request, self.serving.special_tokens_in_messages, add_special_tokens)
 
     async def create(self, request: pc.ChatCompletionRequest, model: str | None = None):
         serving = self.serving

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     embedding_model: str | None = Field(
         None, description="PATH or NAME=PATH: a BERT sentence-embedding folder served at /v1/embeddings")
     chat_template: str | None = Field(None, description="a Jinja2 chat template file that replaces the model's own")
+    special_tokens_in_messages: bool = Field(
+        False, description="text in chat messages may write special tokens (<|im_start|> …) that act as the template's "
+                           "own, so a client can forge a system turn (the old behaviour; default: read as plain text)")
     # engine
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = float32 on CPU, bfloat16 on CUDA")
