@@ -12,7 +12,7 @@ from server.chat_tokens import SpecialTextGuard
 from server.errors import bad_request
 from server.serving_chunks import Chunks, json_string
 from server.serving_logprobs import TokenStrings, chat_logprobs
-from server.tools import ToolCallStream, ToolSettings, parse_tool_calls, render_messages
+from server.tools import ToolCallStream, ToolSettings, merge_call_deltas, parse_tool_calls, render_messages
 
 if TYPE_CHECKING:
     from server.serving import OpenAIServing
@@ -112,14 +112,15 @@ class ChatChunks(Chunks):
         # text held back by the tool-call parser (a call's "<tool_call>\n{" …) makes no chunk
         return [c for c in chunks if any(ch["delta"] or ch["logprobs"] or ch["finish_reason"] for ch in c["choices"])]
 
-    def _delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
+    def _delta(self, index: int, text: str, finish_reason: str | None = None) -> pc.DeltaMessage:
         """Text → delta; with tools, the text goes through the choice's tool-call parser."""
         if self.tools is None:
             return pc.DeltaMessage(content=text or None)
         stream = self.tool_streams.setdefault(index, ToolCallStream(self.tools.names))
-        content, calls = stream.finish() if is_finished else stream.feed(text)
+        content, calls = stream.finish(finish_reason == "length") if finish_reason else stream.feed(text)
         if not self.tools.parallel:  # parallel_tool_calls false: a second call is dropped
             calls = [c for c in calls if c["index"] == 0]
+        calls = merge_call_deltas(calls)
         if self.tools.legacy_functions:  # one call, as delta.function_call pieces
             pieces = [c["function"] for c in calls if c["index"] == 0]
             function_call = pc.FunctionCallDelta(name=next((p["name"] for p in pieces if "name" in p), None),
@@ -156,7 +157,7 @@ class ChatChunks(Chunks):
         return self._chunk([pc.ChatStreamChoice(index=index, delta=delta, logprobs=piece)])
 
     def finish_chunk(self, index: int, reason: str) -> dict:
-        delta = self._delta(index, "", is_finished=True) if self.tools is not None else pc.DeltaMessage()
+        delta = self._delta(index, "", finish_reason=reason) if self.tools is not None else pc.DeltaMessage()
         stream = self.tool_streams.get(index)
         reason = self._finish_reason(index, reason, stream.num_calls if stream else 0)
         return self._chunk([pc.ChatStreamChoice(index=index, delta=delta, finish_reason=reason)])
@@ -166,7 +167,7 @@ class ChatChunks(Chunks):
         text, reason = self.texts[index], self.finish_reasons.get(index)
         if self.tools is None:
             return pc.ResponseMessage(content=text), reason
-        content, calls = parse_tool_calls(text, self.tools.names)
+        content, calls = parse_tool_calls(text, self.tools.names, reason == "length")
         calls = calls if self.tools.parallel else calls[:1]
         reason = self._finish_reason(index, reason, len(calls))
         if self.tools.legacy_functions:
