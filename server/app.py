@@ -23,6 +23,7 @@ from server.errors import APIError, install_error_handlers
 from server.limits import BodySizeLimitMiddleware
 from server.logfilter import install_log_sanitizer
 from server.metrics import MetricsMiddleware, ServerMetrics
+from server.paths import TrailingSlashMiddleware
 from server.registry import CombinedStats, ModelRegistry
 from server.routes import router
 from server.routes_tokens import router as tokens_router
@@ -179,4 +180,5 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allowed_origins,
                            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(TrailingSlashMiddleware)  # outermost: every layer sees /v1/x/ as /v1/x
     return app

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from engine import SamplingParams
 from server.body_checks import check_body
@@ -104,6 +104,13 @@ class SamplingRequest(RequestModel):
         for key in value or {}:
             if not key.lstrip("-").isdigit() or int(key) < 0:
                 raise ValueError(f"keys must be token ids (non-negative integers), got {key!r}")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):  # as OpenAI answers
+            raise ValueError("stream_options is only allowed when stream is true")
         return value
 
     @model_validator(mode="after")

@@ -139,9 +139,14 @@ class ChatChunks(Chunks):
                                       choices=choices, usage=usage).model_dump()
 
     def start(self) -> list[dict]:
-        # the openai client and chat front ends expect the role first, on its own
-        return [self._chunk([pc.ChatStreamChoice(index=i, delta=pc.DeltaMessage(role="assistant", content=""))])
-                for i in range(self.n)]
+        # the openai client and chat front ends expect the role first, on its own; with tools
+        # its content is null, so a tool-call-only answer streams as null content, as it is whole
+        chunks = [self._chunk([pc.ChatStreamChoice(index=i, delta=pc.DeltaMessage(role="assistant", content=""))])
+                  for i in range(self.n)]
+        if self.tools is not None:
+            for chunk in chunks:
+                chunk["choices"][0]["delta"]["content"] = None
+        return chunks
 
     def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str:
         if self.num_logprobs is None and self.tools is None:
