@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.json_numbers import bound_numbers
 from server.structured import GrammarSpec, close_objects, lark_json, lark_string
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -87,6 +88,7 @@ class ToolSettings:
         schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
         if defs:
             schema = {**schema, "$defs": defs}
+        schema = bound_numbers(schema)  # arguments' integers and numbers too (server/json_numbers.py)
         one = f"{lark_string(OPEN + chr(10))} {lark_json(schema)} {lark_string(chr(10) + CLOSE)}"
         many = self.parallel and self.choice == "required"
         lark = f"start: call ({lark_string(chr(10))} call)*\ncall: {one}\n" if many else f"start: {one}\n"

@@ -76,3 +76,10 @@ def test_schema_of_ordinary_depth_still_works(client):
     body = {"messages": MSG, "max_tokens": 2, "response_format": {
         "type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": _nested_schema(12)}}}
     assert client.post(CHAT, json=body).status_code == 200
+
+
+@pytest.mark.parametrize("levels", [440, 5000])
+def test_deeply_nested_schema_as_a_string_is_a_400(client, levels):
+    text = '{"type": "object", "properties": {"a": ' * levels + "{}" + "}}" * levels
+    r = client.post(CHAT, json={"messages": MSG, "max_tokens": 2, "guided_json": text})
+    check_error(r, 400, param="guided_json")
