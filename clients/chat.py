@@ -21,12 +21,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=512)
     args = parser.parse_args(argv)
 
-    from openai import OpenAI, OpenAIError
+    from openai import APIConnectionError, APIStatusError, AuthenticationError, OpenAI, OpenAIError
 
     client = OpenAI(base_url=args.url, api_key=args.api_key)
     try:
         model = args.model or client.models.list().data[0].id
-    except OpenAIError as exc:
+    except AuthenticationError:
+        print(f"the server at {args.url} refused the API key ({'none given' if args.api_key == 'none' else 'wrong key'}): "
+              f"pass --api-key KEY or set GPTSERVE_API_KEY", file=sys.stderr)
+        return 1
+    except APIStatusError as exc:  # it answered, with an error
+        print(f"the server at {args.url} answered {exc.status_code}: {exc.message}", file=sys.stderr)
+        return 1
+    except (APIConnectionError, OpenAIError) as exc:
         print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     start = [{"role": "system", "content": args.system}] if args.system else []

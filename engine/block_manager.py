@@ -1,12 +1,17 @@
 """Paged KV blocks: one preallocated pool, a block table per sequence, prefix-cache hashing.
 
 Full blocks are registered under a hash chained over every token before them, so that a new
-sequence whose prompt starts with the same tokens reuses them (reference counted). Freed
+sequence whose prompt starts with the same tokens reuses them (reference counted). The hash is
+SHA-256 over the parent block's hash, the block's token ids and the sequence's cache salt
+(``SamplingParams.cache_salt``): sequences with different salts (the server gives each API key
+its own) never share a block, so the cache cannot tell one user whether another sent a prompt. Freed
 blocks keep their hash until they are handed out again: the free list is the LRU order of
 eviction, unhashed blocks first.
 """
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 
 from engine.sequence import Sequence
@@ -18,12 +23,22 @@ class Block:
     def __init__(self, block_id: int) -> None:
         self.block_id = block_id
         self.ref_count = 0
-        self.hash: int | None = None
+        self.hash: bytes | None = None
         self.token_ids: tuple[int, ...] = ()  # kept to rule out hash collisions
 
 
-def chain_hash(prev_hash: int | None, token_ids: tuple[int, ...]) -> int:
-    return hash((prev_hash, token_ids))
+def chain_hash(prev_hash: bytes | None, token_ids: tuple[int, ...], salt: bytes = b"") -> bytes:
+    """SHA-256 over the parent's hash (32 zero bytes for the first block), the token ids (int64,
+    the machine's byte order: hashes never leave the process) and the salt: equal hashes mean
+    the same tokens from the start under the same salt."""
+    digest = hashlib.sha256(prev_hash or bytes(32))
+    digest.update(array("q", token_ids).tobytes())
+    digest.update(salt)
+    return digest.digest()
+
+
+def salt_bytes(salt: str | None) -> bytes:
+    return salt.encode("utf-8", "surrogatepass") if salt else b""
 
 
 class BlockManager:
@@ -33,7 +48,7 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_ids: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
-        self.hash_to_block: dict[int, int] = {}
+        self.hash_to_block: dict[bytes, int] = {}
         self.pending_copies: list[tuple[int, int]] = []  # (src, dst) copy-on-write, for the runner
         self.num_prefix_queries = 0  # prompt tokens looked up in the prefix cache
         self.num_prefix_hits = 0  # of which found
@@ -53,11 +68,12 @@ class BlockManager:
         if not self.enable_prefix_caching or seq.block_table:
             return []
         hits: list[int] = []
-        prev: int | None = None
+        prev: bytes | None = None
         bs = self.block_size
+        salt = salt_bytes(seq.params.cache_salt)
         for i in range((seq.num_tokens - 1) // bs):
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
-            h = chain_hash(prev, tokens)
+            h = chain_hash(prev, tokens, salt)
             block_id = self.hash_to_block.get(h)
             if block_id is None or self.blocks[block_id].token_ids != tokens:
                 break
@@ -72,9 +88,10 @@ class BlockManager:
         bs = self.block_size
         num_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
         prev = seq.block_hashes[-1] if seq.block_hashes else None
+        salt = salt_bytes(seq.params.cache_salt)
         for i in range(len(seq.block_hashes), num_full):
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
-            h = chain_hash(prev, tokens)
+            h = chain_hash(prev, tokens, salt)
             seq.block_hashes.append(h)
             block = self.blocks[seq.block_table[i]]
             if h not in self.hash_to_block and block.hash is None:

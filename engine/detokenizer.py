@@ -3,10 +3,13 @@
 Each step decodes only a small window of recent tokens (vLLM / TGI's prefix_offset /
 read_offset trick), so the cost per token does not grow with the output. Text that ends in
 U+FFFD (a UTF-8 character split across tokens) is held until the character completes, and a
-tail that could begin a stop string is held until it either completes the stop or cannot.
+tail that could begin a stop string is held until it either completes the stop or cannot. A
+sequence that ends (max_tokens, say) in the middle of a character drops the partial character
+rather than emitting U+FFFD for it.
 """
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 
 # How many prompt tokens seed the window, so the first output token decodes in context.
@@ -94,7 +97,20 @@ class IncrementalDetokenizer:
         else:
             self._prefix_text = new_text  # the next window's context: ids[prefix_offset:len(ids)]
         self._read_offset = len(ids)
+        if is_final and new_text.endswith("\ufffd") and self._ends_mid_character(ids):
+            new_text = new_text[:-1]  # the U+FFFD the decoder wrote for the unfinished character
         return new_text[len(prefix_text) :]
+
+    def _ends_mid_character(self, ids: list[int]) -> bool:
+        """The last tokens' bytes end with the start of a UTF-8 character, not a whole one."""
+        token_bytes = getattr(self._tokenizer, "token_bytes", None)
+        if token_bytes is None:
+            return False
+        # a character has at most 4 bytes and every token at least one
+        tail = b"".join(token_bytes(i) for i in ids[-4:])
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        decoder.decode(tail, final=False)
+        return bool(decoder.getstate()[0])  # bytes it still waits on
 
     def _release(self, *, is_final: bool) -> tuple[str, str | None]:
         """Emit pending text up to a stop string, or up to a tail that may start one."""

@@ -185,6 +185,11 @@ class LLMEngine:
         bad = [t for t in prompt_ids if not 0 <= t < self.model_config.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is out of the vocabulary (0..{self.model_config.vocab_size - 1})")
+        # the sampler indexes the logits (the model's vocabulary, not the tokenizer's) with these
+        bad = [t for t in [*(params.logit_bias or {}), *params.stop_token_ids] if not 0 <= t < self.model_config.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} in logit_bias or stop_token_ids is out of the model's vocabulary "
+                             f"(0..{self.model_config.vocab_size - 1})")
         room = self.max_model_len - len(prompt_ids)
         if room < 1 or (params.max_tokens is not None and params.max_tokens > room):
             asked = params.max_tokens or 1

@@ -35,6 +35,9 @@ class SamplingParams:
     logprobs: int | None = None  # number of top alternatives per sampled token; None = off
     guide: Guide | None = None  # grammar constraint (engine/guided.py); each choice gets a clone
     prompt_logprobs: int | None = None  # top alternatives per prompt token (echo); None = off
+    # prefix-cache partition: only sequences with the same salt share cached blocks (the server
+    # gives each API key its own); None = the shared partition
+    cache_salt: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -41,7 +41,7 @@ class Sequence:
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache
         self.block_table: list[int] = []
-        self.block_hashes: list[int] = []  # chain hashes of this sequence's full blocks
+        self.block_hashes: list[bytes] = []  # chain hashes of this sequence's full blocks
         self.status = SequenceStatus.WAITING
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None

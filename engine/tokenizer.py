@@ -146,6 +146,7 @@ class Tokenizer:
         extra_eos_token_ids: tuple[int, ...] = (),
     ) -> None:
         self._tok = tokenizer
+        self._plain: HFTokenizer | None = None  # a copy that reads special tokens' text as text
         self._is_byte_level = is_byte_level
         self._byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
         self._template: jinja2.Template | None = None
@@ -237,15 +238,29 @@ class Tokenizer:
         )
 
     # ---- text <-> ids -------------------------------------------------------------------
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text``; special tokens written in the text match whole.
+    @property
+    def special_token_texts(self) -> list[str]:
+        """The text of each special (control) token, e.g. "<|im_start|>", longest first."""
+        texts = {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special and t.content}
+        return sorted(texts, key=len, reverse=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``; special tokens written in the text match whole, unless
+        ``parse_special`` is False: then "<|im_start|>" is the ordinary text it spells.
 
         BOS is prepended only when the model asks for it (add_bos_token) and it is not there yet.
         """
+        tok = self._tok
+        if not parse_special:
+            if self._plain is None:
+                plain = HFTokenizer.from_str(tok.to_str())
+                plain.encode_special_tokens = True
+                self._plain = plain
+            tok = self._plain
         if len(text) > LONG_TEXT_CHARS:  # encode_batch lets go of the GIL: the event loop runs meanwhile
-            ids = self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+            ids = tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
         else:
-            ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+            ids = tok.encode(text, add_special_tokens=add_special_tokens).ids
         if add_special_tokens and self.add_bos_token and (not ids or ids[0] != self.bos_token_id):
             ids.insert(0, self.bos_token_id)
         return ids

@@ -25,6 +25,7 @@ from server.errors import install_error_handlers
 from server.limits import BodySizeLimitMiddleware
 from server.logfilter import install_log_sanitizer
 from server.metrics import MetricsMiddleware, ServerMetrics
+from server.paths import TrailingSlashMiddleware
 from server.registry import CombinedStats, ModelRegistry
 from server.response_store import ResponseStore
 from server.request_limits import RequestLimits
@@ -153,7 +154,8 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
                 await engine.start()
                 serving = OpenAIServing(engine, spec.names, on_engine_dead=on_fatal, metrics=app.state.metrics,
                                         reasoning_parser=settings.reasoning_parser,
-                                        limits=request_limits(settings))
+                                        limits=request_limits(settings),
+                                        special_tokens_in_messages=settings.special_tokens_in_messages)
                 if i == 0:
                     app.state.engine, app.state.serving = engine, serving
                 else:
@@ -221,10 +223,11 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None,
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes,
                        body_timeout=settings.body_timeout)
     auth = PublicMetricsAPIKeyMiddleware if settings.metrics_public else APIKeyMiddleware
-    app.add_middleware(auth, checker=checker, router=app.router)
+    app.add_middleware(auth, checker=checker, router=app.router, share_prefix_cache=settings.share_prefix_cache)
     if settings.cors_allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allowed_origins,
                            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(AnthropicMiddleware, router=app.router)  # Anthropic's key header and error shape
+    app.add_middleware(TrailingSlashMiddleware)  # outermost: every layer sees /v1/x/ as /v1/x
     return app

@@ -74,6 +74,10 @@ def validation_error_to_api_error(exc: RequestValidationError) -> APIError:
         return bad_request("The request body must be a JSON object sent with "
                            "Content-Type: application/json.", code="invalid_json")
     param = _param_of(tuple(first.get("loc", ())))
+    if first.get("type") in ("invalid_unicode", "json_too_deep"):  # server/body_checks.py names the place
+        where = first["ctx"]["where"]
+        return bad_request(f"Invalid request: {first['msg']}.", param=None if where == "the body" else where,
+                           code="invalid_value")
     msg = first.get("msg", "invalid value")
     if param and param.startswith("prompt[") :  # four union branches: name them all instead
         return bad_request("'prompt' must be a string, a list of strings, a list of token ids "

@@ -9,12 +9,12 @@ their harmless default, naming the field.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from engine import SamplingParams
+from server.body_checks import check_body
 
 MAX_N = 128
 MAX_PROMPTS = 128
@@ -34,9 +34,12 @@ _logged_unknown: set[str] = set()
 
 
 class RequestModel(BaseModel):
-    """Unknown fields are ignored, and each unknown name is logged once per process."""
+    """Unknown fields are ignored, and each unknown name is logged once per process. A whole
+    request body is checked first for lone surrogates and deep nesting (server/body_checks.py);
+    models only ever nested in a body set ``is_request_body`` False to skip the second walk."""
 
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+    is_request_body: ClassVar[bool] = True
 
     @model_validator(mode="before")
     @classmethod
@@ -50,8 +53,16 @@ class RequestModel(BaseModel):
                                    cls.__name__)
         return data
 
+    @model_validator(mode="before")  # defined last, so it runs first
+    @classmethod
+    def _check_body(cls, data: Any) -> Any:
+        if cls.is_request_body:
+            check_body(data)
+        return data
+
 
 class StreamOptions(RequestModel):
+    is_request_body: ClassVar[bool] = False
     include_usage: bool | None = False
     include_obfuscation: bool | None = None  # nothing is obfuscated here, so there is nothing to turn off
 
@@ -92,6 +103,13 @@ class SamplingRequest(RequestModel):
         for key in value or {}:
             if not key.lstrip("-").isdigit() or int(key) < 0:
                 raise ValueError(f"keys must be token ids (non-negative integers), got {key!r}")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):  # as OpenAI answers
+            raise ValueError("stream_options is only allowed when stream is true")
         return value
 
     @model_validator(mode="after")

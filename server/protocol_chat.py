@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -20,6 +20,7 @@ CHAT_TEMPLATE_KWARGS = frozenset({"enable_thinking", "thinking", "reasoning_effo
 
 
 class ContentPart(RequestModel):
+    is_request_body: ClassVar[bool] = False  # part of a body
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
     type: str
     text: str | None = None
@@ -34,6 +35,7 @@ class ContentPart(RequestModel):
 
 
 class ChatMessage(RequestModel):
+    is_request_body: ClassVar[bool] = False  # part of a body
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None

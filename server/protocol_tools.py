@@ -5,7 +5,7 @@ responses) and by both endpoints (the vLLM extras ``structured_outputs`` / ``gui
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -44,6 +44,7 @@ class ResponseFormat(LooseModel):
 
 class StructuredOutputs(RequestModel):
     """vLLM's ``structured_outputs`` (its guided_* fields since v0.12): exactly one of these."""
+    is_request_body: ClassVar[bool] = False  # part of a body
 
     json_: dict[str, Any] | str | None = Field(None, alias="json")
     regex: Annotated[str, Field(min_length=1, max_length=4096)] | None = None

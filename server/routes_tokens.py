@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from server.errors import bad_request
 from server.protocol_tokens import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.routes import serving_for
-from server.serving_chat import chat_text
 
 router = APIRouter()
 
@@ -31,8 +30,8 @@ def _tokenize(serving, body: TokenizeRequest) -> list[int]:
         error = exc.errors()[0]
         param = ".".join(str(part) for part in error["loc"]) or None
         raise bad_request(f"Invalid value for '{param}': {error['msg']}.", param=param, code="invalid_value")
-    text = chat_text(tokenizer, chat)  # tools included, exactly as the chat endpoint renders
-    return tokenizer.encode(text, add_special_tokens=bool(body.add_special_tokens))
+    # tools included, special tokens' text in messages as plain text: exactly as the chat endpoint
+    return serving.chat.prompt(chat, add_special_tokens=bool(body.add_special_tokens))[1]
 
 
 @router.post("/tokenize", name="tokenize")

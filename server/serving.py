@@ -17,6 +17,7 @@ from sse_starlette import EventSourceResponse
 
 from engine import EngineDeadError, SamplingParams
 from server import protocol as p
+from server.auth import current_cache_salt
 from server.errors import APIError, bad_request
 from server.generation import Generation
 from server.metrics import ServerMetrics
@@ -37,13 +38,17 @@ SSE_PING_SECONDS = 15  # comment lines keep idle streams alive through proxies
 class OpenAIServing:
     def __init__(self, engine, served_model_names: list[str],
                  on_engine_dead: Callable[[], None] | None = None, metrics: ServerMetrics | None = None,
-                 reasoning_parser: str = "auto", limits: RequestLimits | None = None) -> None:
+                 reasoning_parser: str = "auto", limits: RequestLimits | None = None,
+                 special_tokens_in_messages: bool = False) -> None:
         self.engine = engine
         self.limits = limits or RequestLimits()
+        self.special_tokens_in_messages = special_tokens_in_messages  # see serving_chat.chat_prompt_ids
         self.metrics = metrics or ServerMetrics(lambda: engine)
         self.served_model_names = served_model_names
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
+        # the model's logits' width: token ids the sampler may index (a tokenizer can be larger)
+        self.vocab_size = getattr(getattr(engine, "model_config", None), "vocab_size", None) or self.tokenizer.vocab_size
         self.created = int(time.time())
         self.on_engine_dead = on_engine_dead or (lambda: None)
         self.is_engine_dead = False
@@ -101,14 +106,16 @@ class OpenAIServing:
                     f"length of the {what} or the completion.",
                     param="max_tokens" if max_tokens and len(ids) < self.max_model_len else what,
                     code="context_length_exceeded")
-        vocab_size = self.tokenizer.vocab_size
+        vocab_size = self.vocab_size
         for token_id in [*(int(k) for k in (request.logit_bias or {})), *(request.stop_token_ids or [])]:
-            if token_id >= vocab_size:
-                raise bad_request(f"Token id {token_id} is out of range (vocabulary size {vocab_size}).")
+            if not 0 <= token_id < vocab_size:
+                raise bad_request(f"Token id {token_id} is out of range (the model's vocabulary size is {vocab_size}).",
+                                  param="logit_bias" if str(token_id) in (request.logit_bias or {}) else "stop_token_ids")
         if self.is_engine_dead:
             raise APIError(503, "The inference engine has stopped; the server is restarting.")
         params = request.to_sampling_params(max_tokens)
         self.limits.check(prompts, params, self.max_model_len)
+        params.cache_salt = current_cache_salt.get()  # each API key its own prefix cache (server/auth.py)
         return params
 
     # ----- endpoints -----

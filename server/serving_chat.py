@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING
 
 from engine import TokenLogprob
 from server import protocol_chat as pc
+from server.chat_tokens import SpecialTextGuard
 from server.errors import bad_request
 from server.protocol import CompletionTokensDetails, UsageInfo
 from server.reasoning import ReasoningStream, split_reasoning, starts_in_thinking, thinking_kwargs
 from server.serving_chunks import Chunks, json_string
 from server.serving_logprobs import TokenStrings, chat_logprobs
 from server.tool_formats import parse_calls, tool_stream
-from server.tools import ToolSettings, render_messages
+from server.tools import ToolSettings, merge_call_deltas, render_messages
 
 if TYPE_CHECKING:
     from server.serving import OpenAIServing
@@ -56,14 +57,30 @@ def template_messages(messages: list[pc.ChatMessage]) -> list[dict]:
                 if m.role == "assistant" and (m.reasoning_content or m.reasoning) else {})} for m in messages]
 
 
-def chat_text(tokenizer, request: pc.ChatCompletionRequest) -> str:
+def chat_text(tokenizer, request: pc.ChatCompletionRequest, guard: SpecialTextGuard | None = None) -> str:
     """The prompt text of a chat request, tools included (server/tools.py); reasoning_effort
-    onto the template's thinking switch where it has one (server/reasoning.py)."""
+    onto the template's thinking switch where it has one (server/reasoning.py); with ``guard``,
+    the special tokens' text in the request's strings comes out marked (server/chat_tokens.py)."""
     template = getattr(tokenizer, "chat_template", None) or ""
     messages, tools = render_messages(template_messages(request.messages), request.tool_settings(), "tools" in template)
     kwargs = thinking_kwargs(template, request.reasoning_effort, request.chat_template_kwargs or {})
     kwargs = {**kwargs, **({"tools": tools} if tools else {})}
+    if guard is not None:
+        messages, kwargs = guard.escape(messages), guard.escape(kwargs)
     return render_chat(tokenizer, messages, request.is_generation_prompt_added, request.continue_final_message, kwargs)
+
+
+def chat_prompt(tokenizer, request: pc.ChatCompletionRequest, special_tokens_in_messages: bool = False,
+                add_special_tokens: bool = False) -> tuple[str, list[int]]:
+    """A chat request's prompt text and token ids. The template writes the special tokens (BOS,
+    <|im_start|>) itself; text from the request spells them as plain text unless
+    ``special_tokens_in_messages`` (--special-tokens-in-messages, the old behaviour)."""
+    if special_tokens_in_messages:
+        text = chat_text(tokenizer, request)
+        return text, tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    guard = SpecialTextGuard(tokenizer)
+    text = chat_text(tokenizer, request, guard)
+    return text, guard.encode(text, add_special_tokens=add_special_tokens)
 
 
 class ChatServing:
@@ -72,10 +89,9 @@ class ChatServing:
         self.tokenizer = serving.tokenizer
         self.strings = TokenStrings(self.tokenizer)
 
-    def prompt(self, request: pc.ChatCompletionRequest) -> tuple[str, list[int]]:
-        text = chat_text(self.tokenizer, request)
-        # the template writes the special tokens (BOS, <|im_start|>) itself
-        return text, self.tokenizer.encode(text, add_special_tokens=False)
+    def prompt(self, request: pc.ChatCompletionRequest, add_special_tokens: bool = False) -> tuple[str, list[int]]:
+        """(prompt text, token ids); see chat_prompt."""
+        return chat_prompt(self.tokenizer, request, self.serving.special_tokens_in_messages, add_special_tokens)
 
     async def prepare(self, request: pc.ChatCompletionRequest, what: str = "messages"):
         """What every chat-shaped endpoint (chat, /v1/responses, /v1/messages) does before generating:
@@ -134,21 +150,23 @@ class ChatChunks(Chunks):
         return [c for c in chunks if c is not None and (c.__class__ is str or any(
             ch["delta"] or ch["logprobs"] or ch["finish_reason"] for ch in c["choices"]))]
 
-    def _delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
-        """Text → delta: the thinking split off first, then tool calls parsed out of the answer."""
+    def _delta(self, index: int, text: str, finish_reason: str | None = None) -> pc.DeltaMessage:
+        """Text → delta: the thinking split off first, then tool calls parsed out of the answer.
+        ``finish_reason``: the choice ends here (a call cut by "length" is dropped)."""
         thought = None
         if self.reasoning is not None:
-            thought, text = self._split(index, text, is_finished)
+            thought, text = self._split(index, text, finish_reason is not None)
             thought = thought or None
         if self.tools is None:
             return pc.DeltaMessage(content=text or None, reasoning_content=thought, reasoning=thought)
         stream = self.tool_streams.get(index) or self.tool_streams.setdefault(index, tool_stream(self.tools))
         content, calls = stream.feed(text)
-        if is_finished:
-            rest, more = stream.finish()
+        if finish_reason:
+            rest, more = stream.finish(finish_reason == "length")
             content, calls = content + rest, calls + more
         if not self.tools.parallel:  # parallel_tool_calls false: a second call is dropped
             calls = [c for c in calls if c["index"] == 0]
+        calls = merge_call_deltas(calls)
         if self.tools.legacy_functions:  # one call, as delta.function_call pieces
             pieces = [c["function"] for c in calls if c["index"] == 0]
             function_call = pc.FunctionCallDelta(name=next((p["name"] for p in pieces if "name" in p), None),
@@ -175,9 +193,14 @@ class ChatChunks(Chunks):
                                       choices=choices, usage=usage).model_dump()
 
     def start(self) -> list[dict]:
-        # the openai client and chat front ends expect the role first, on its own
-        return [self._chunk([pc.ChatStreamChoice(index=i, delta=pc.DeltaMessage(role="assistant", content=""))])
-                for i in range(self.n)]
+        # the openai client and chat front ends expect the role first, on its own; with tools
+        # its content is null, so a tool-call-only answer streams as null content, as it is whole
+        chunks = [self._chunk([pc.ChatStreamChoice(index=i, delta=pc.DeltaMessage(role="assistant", content=""))])
+                  for i in range(self.n)]
+        if self.tools is not None:
+            for chunk in chunks:
+                chunk["choices"][0]["delta"]["content"] = None
+        return chunks
 
     def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> dict | str | None:
         if self.num_logprobs is None and self.tools is None:
@@ -202,7 +225,7 @@ class ChatChunks(Chunks):
         return self._chunk([pc.ChatStreamChoice(index=index, delta=delta, logprobs=piece)])
 
     def finish_chunk(self, index: int, reason: str) -> dict:
-        delta = self._delta(index, "", is_finished=True) if self.is_parsed else pc.DeltaMessage()
+        delta = self._delta(index, "", finish_reason=reason) if self.is_parsed else pc.DeltaMessage()
         stream = self.tool_streams.get(index)
         reason = self._finish_reason(index, reason, stream.num_calls if stream else 0)
         return self._chunk([pc.ChatStreamChoice(index=index, delta=delta, finish_reason=reason)])
@@ -216,7 +239,7 @@ class ChatChunks(Chunks):
         if self.tools is None:
             content = text or None if thought is not None else text  # all thinking: no answer (null)
             return pc.ResponseMessage(content=content, reasoning_content=thought, reasoning=thought), reason
-        content, calls = parse_calls(text, self.tools)
+        content, calls = parse_calls(text, self.tools, reason == "length")
         content = content or None if thought is not None else content
         calls = calls if self.tools.parallel else calls[:1]
         reason = self._finish_reason(index, reason, len(calls))

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     reasoning_parser: Literal["auto", "none", "deepseek_r1", "qwen3"] = Field(
         "auto", description="how a reasoning model's <think>…</think> is split off into reasoning_content: "
         "auto = when the chat template writes <think> and </think>; none = thinking stays in content")
+    special_tokens_in_messages: bool = Field(
+        False, description="text in chat messages may write special tokens (<|im_start|> …) that act as the template's "
+                           "own, so a client can forge a system turn (the old behaviour; default: read as plain text)")
     # engine
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -90,6 +93,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     api_key: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted API keys (repeat the flag; comma-separated in the env); none = open")
+    share_prefix_cache: bool = Field(
+        False, description="one prefix cache for all API keys (default: one per key, so cached_tokens cannot "
+                           "tell a client what another key's clients sent)")
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     max_header_bytes: int = Field(16384, ge=1024, description="the request line and headers together; past it 414 "
                                   "(a long URL) or 431, and the connection is closed")

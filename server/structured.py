@@ -27,6 +27,7 @@ from llguidance._tokenizer import TokenizerWrapper
 
 from engine import Tokenizer
 from server.errors import bad_request
+from server.json_numbers import bound_numbers
 
 JSON_OPTIONS = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 MAX_CACHED_GRAMMARS = 256
@@ -200,8 +201,14 @@ class StructuredOutput:
                     schema = json.loads(schema)
                 except json.JSONDecodeError as exc:
                     raise GrammarError(f"the JSON schema is not valid JSON: {exc}", spec.param) from None
+                except RecursionError:
+                    raise GrammarError("the JSON schema is nested too deeply", spec.param) from None
             if not isinstance(schema, dict):
                 raise GrammarError("the JSON schema must be an object", spec.param)
+            try:
+                schema = bound_numbers(schema)  # no runaway 1111… integers (server/json_numbers.py)
+            except RecursionError:  # a schema sent as a string escapes the body's depth check
+                raise GrammarError("the JSON schema is nested too deeply", spec.param) from None
             try:
                 return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
             except (ValueError, TypeError) as exc:

@@ -102,12 +102,14 @@ class JSONToolCallStream:
                 return content, []
         return "", []
 
-    def finish(self) -> tuple[str, list[dict]]:
+    def finish(self, is_length: bool = False) -> tuple[str, list[dict]]:
+        """The rest; ``is_length``: the choice was cut by max_tokens, so held text that does not
+        parse is a call cut short and is dropped, never returned as content."""
         text, self.buf = self.buf, ""
         was_held, self.mode = self.mode == "held", "text"
         calls = parse_json_calls(text, self.fmt, self.names) if was_held else None
         if calls is None:
-            return text, []
+            return ("" if was_held and is_length else text), []
         deltas = []
         for name, arguments in calls:
             self.calls.append({"id": new_call_id(), "name": name,
@@ -126,13 +128,14 @@ def tool_stream(settings: ToolSettings):
     return JSONToolCallStream(settings.format, settings.names)
 
 
-def parse_calls(text: str, settings: ToolSettings) -> tuple[str | None, list[dict]]:
-    """A finished answer → (content or None, [{"id", "name", "arguments"}]), as parse_tool_calls."""
+def parse_calls(text: str, settings: ToolSettings, is_length: bool = False) -> tuple[str | None, list[dict]]:
+    """A finished answer → (content or None, [{"id", "name", "arguments"}]), as parse_tool_calls;
+    ``is_length``: cut by max_tokens (a cut call is dropped, not returned as content)."""
     if settings.format == "hermes" or settings.choice in ("required", "function"):
-        return parse_tool_calls(text, settings.names)
+        return parse_tool_calls(text, settings.names, is_length)
     stream = JSONToolCallStream(settings.format, settings.names)
     content, _ = stream.feed(text)
-    rest, _ = stream.finish()
+    rest, _ = stream.finish(is_length)
     if not stream.calls:
-        return text, []
+        return (content + rest if is_length else text), []
     return (content + rest).strip() or None, stream.calls

@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.json_numbers import bound_numbers
 from server.structured import GrammarSpec, close_objects, lark_json, lark_string
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -88,6 +89,7 @@ class ToolSettings:
         schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
         if defs:
             schema = {**schema, "$defs": defs}
+        schema = bound_numbers(schema)  # arguments' integers and numbers too (server/json_numbers.py)
         one = f"{lark_string(OPEN + chr(10))} {lark_json(schema)} {lark_string(chr(10) + CLOSE)}"
         many = self.parallel and self.choice == "required"
         lark = f"start: call ({lark_string(chr(10))} call)*\ncall: {one}\n" if many else f"start: {one}\n"
@@ -179,6 +181,7 @@ class ToolCallStream:
         self._depth = 0
         self._in_string = self._escaped = False
         self._after_call = False  # whitespace between calls is not content
+        self.is_cut = False  # the last call's arguments ended unfinished (finish() says)
 
     @property
     def num_calls(self) -> int:
@@ -195,14 +198,20 @@ class ToolCallStream:
             if not progressed:
                 return content, deltas
 
-    def finish(self) -> tuple[str, list[dict]]:
-        """The choice ended: whatever is held back."""
+    def finish(self, is_length: bool = False) -> tuple[str, list[dict]]:
+        """The choice ended: whatever is held back. A call cut short (max_tokens) is dropped,
+        never shown as content; one whose arguments were streamed already is ``is_cut``.
+        ``is_length``: the output was cut, so a held-back "<tool_c" is a call's start, dropped."""
         content, deltas = self.feed("")
         if self.mode == "text":
-            content, self.buf = content + self.buf, ""
+            content, self.buf = content + ("" if is_length and self.buf else self.buf), ""
         elif self.mode == "head":  # <tool_call> never closed: the whole rest may still be one call
             content_, deltas_ = self._whole_call(self.buf)
+            if not deltas_:  # not a whole call: a cut one, dropped
+                content_ = ""
             content, deltas, self.buf = content + content_, deltas + deltas_, ""
+        elif self.mode == "args":  # its arguments never closed
+            self.is_cut, self.buf = True, ""
         return content, deltas
 
     def _step(self) -> tuple[bool, str, list[dict]]:
@@ -302,21 +311,41 @@ def partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
-def parse_tool_calls(text: str, names: set[str] | None = None) -> tuple[str | None, list[dict]]:
+def parse_tool_calls(text: str, names: set[str] | None = None, is_length: bool = False) -> tuple[str | None, list[dict]]:
     """A finished choice's text → (content or None, [{"id", "name", "arguments"}]).
 
-    Calls whose arguments are not valid JSON leave the whole text as content, no calls.
+    A call cut short (the text ends inside it) is dropped, never returned as content. Calls
+    whose arguments are otherwise not valid JSON leave the whole text as content, no calls.
     """
     stream = ToolCallStream(names)
     content, _ = stream.feed(text)
-    rest, _ = stream.finish()
+    rest, _ = stream.finish(is_length)
     content += rest
-    calls = stream.calls
+    calls = stream.calls[:-1] if stream.is_cut else stream.calls  # a call cut short is dropped
     for call in calls:
         try:
             json.loads(call["arguments"])
         except json.JSONDecodeError:
             return text, []
-    if not calls:
-        return text, []
+    if not stream.calls:
+        return (text if content == text else content.strip() or None), []
     return (content.strip() or None), calls
+
+
+def merge_call_deltas(deltas: list[dict]) -> list[dict]:
+    """One entry per call index (a call's start and its first argument fragment arrive
+    together): a client that reads ``delta.tool_calls[0]`` must see all of it, as OpenAI sends."""
+    merged: dict[int, dict] = {}
+    for delta in deltas:
+        entry = merged.get(delta["index"])
+        if entry is None:
+            merged[delta["index"]] = {**delta, "function": dict(delta["function"])}
+        else:
+            for key, value in delta.items():
+                if key != "function":
+                    entry.setdefault(key, value)
+            function = entry["function"]
+            function["arguments"] = function.get("arguments", "") + delta["function"].get("arguments", "")
+            if "name" in delta["function"]:
+                function.setdefault("name", delta["function"]["name"])
+    return list(merged.values())

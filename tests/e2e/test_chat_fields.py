@@ -86,6 +86,18 @@ def test_stream_usage_reports_cached_tokens(openai_client):
     assert usages[1].prompt_tokens_details.cached_tokens > 0
 
 
+def test_prefix_cache_is_per_api_key(server_url, openai_client):
+    """A secret system prompt cached under one key is not a hit for another (no "was it seen?")."""
+    other = validating_openai_client(server_url, "other-key")  # the server's second key (conftest)
+    messages = [{"role": "system", "content": "The vault code is 4471; never say it. " * 8}, *PARIS]
+    first = openai_client.chat.completions.create(model="gpt-4", messages=messages, max_tokens=1)
+    guess = other.chat.completions.create(model="gpt-4", messages=messages, max_tokens=1)
+    again = openai_client.chat.completions.create(model="gpt-4", messages=messages, max_tokens=1)
+    assert first.usage.prompt_tokens == guess.usage.prompt_tokens > 64
+    assert guess.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.usage.prompt_tokens_details.cached_tokens > 0
+
+
 @pytest.mark.parametrize("field,value", [("store", True), ("service_tier", "flex"), ("reasoning_effort", "high"),
                                          ("verbosity", "low")])
 

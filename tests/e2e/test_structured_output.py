@@ -36,6 +36,21 @@ def test_parse_with_a_pydantic_model_returns_a_validated_object(openai_client):
     assert City.model_validate_json(choice.message.content) == choice.message.parsed
 
 
+class CityUnbounded(BaseModel):
+    name: str
+    country: str
+    population: int  # unbounded in the schema: generated within 64 bits, not 1111… until max_tokens
+
+
+def test_an_unbounded_integer_does_not_run_away(openai_client):
+    completion = openai_client.chat.completions.parse(
+        model=MODEL, messages=ask("Describe Paris as JSON."), response_format=CityUnbounded, temperature=0,
+        max_tokens=80)
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop" and isinstance(choice.message.parsed, CityUnbounded)
+    assert -(2**63) <= choice.message.parsed.population < 2**63
+
+
 def test_json_schema_strict_sampled_n3_all_valid(http):
     schema = {"type": "object", "additionalProperties": False, "required": ["answer", "confidence"],
               "properties": {"answer": {"type": "string", "enum": ["yes", "no"]},

@@ -80,3 +80,37 @@ def test_fork_shares_blocks_and_copies_on_write():
     bm.free(child)
     bm.free(parent)
     assert bm.num_free_blocks == 8
+
+
+def _cached_seq(bm, seq_id, tokens, salt=None):
+    seq = Sequence(seq_id, f"r{seq_id}", 0, tokens, SamplingParams(cache_salt=salt), 16)
+    bm.allocate(seq, [], len(tokens))
+    seq.num_computed_tokens = len(tokens)
+    bm.cache_full_blocks(seq)
+    return seq
+
+
+def test_block_hashes_are_sha256_over_parent_tokens_and_salt():
+    import hashlib
+    from array import array
+
+    bm = BlockManager(num_blocks=8, block_size=4)
+    seq = _cached_seq(bm, 0, list(range(9)), salt="tenant-a")
+
+    def expected(parent: bytes, tokens) -> bytes:
+        return hashlib.sha256(parent + array("q", tokens).tobytes() + b"tenant-a").digest()
+
+    first = expected(bytes(32), range(4))
+    assert seq.block_hashes == [first, expected(first, range(4, 8))]
+
+
+def test_prefix_cache_is_partitioned_by_salt():
+    bm = BlockManager(num_blocks=16, block_size=4)
+    prompt = list(range(13))
+    owner = _cached_seq(bm, 0, prompt, salt="key-a")
+    # the same prompt under another salt (another API key) finds nothing: no "was this seen?"
+    assert bm.lookup_prefix(Sequence(1, "r1", 0, prompt, SamplingParams(cache_salt="key-b"), 16)) == []
+    assert bm.lookup_prefix(Sequence(2, "r2", 0, prompt, SamplingParams(), 16)) == []
+    # the same salt hits as before
+    same = Sequence(3, "r3", 0, prompt, SamplingParams(cache_salt="key-a"), 16)
+    assert bm.lookup_prefix(same) == owner.block_table[:3]

@@ -100,3 +100,11 @@ def test_tiny_gguf_tokenizer_equals_hf_folder(tmp_path):
     messages = [{"role": "user", "content": "hi"}]
     assert from_gguf.apply_chat_template(messages) == from_hf.apply_chat_template(messages)
     assert from_hf.decode(from_hf.encode("<|im_end|>hi")) == "hi"
+
+
+def test_parse_special_false_reads_special_tokens_as_text(smollm):
+    text = "<|im_start|>system"
+    assert len(smollm.encode(text, add_special_tokens=False)) == 2
+    plain = smollm.encode(text, add_special_tokens=False, parse_special=False)
+    assert len(plain) > 2 and smollm.decode(plain, skip_special_tokens=True) == text
+    assert "<|im_start|>" in smollm.special_token_texts and "<|im_end|>" in smollm.special_token_texts

@@ -55,6 +55,7 @@ class FakeTokenizer:
 @dataclass
 class FakeModelConfig:
     name: str = "SmolLM2-135M-Instruct"
+    vocab_size: int | None = None  # None: the tokenizer's
 
 
 class FakeEngine:

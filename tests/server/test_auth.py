@@ -49,3 +49,36 @@ def test_checker_compares_every_key():
     assert checker.is_valid(b"Bearer b") and checker.is_valid(b"Bearer a")
     assert not checker.is_valid(b"Bearer c") and not checker.is_valid(None) and not checker.is_valid(b"Bearer")
     assert not APIKeyChecker([]).is_enabled
+
+
+def test_more_than_one_authorization_header_is_refused(auth_client):
+    for values in (["Bearer wrong", "Bearer key-one"], ["Bearer key-one", "Bearer key-one"]):
+        r = auth_client.get("/v1/models", headers=[("Authorization", v) for v in values])
+        check_error(r, 400, code="invalid_authorization_header")
+    assert auth_client.get("/v1/models", headers={"Authorization": "Bearer key-one"}).status_code == 200
+
+
+def _cache_salts(client, fake_engine, keys: list[str]) -> list:
+    salts = []
+    for key in keys:
+        fake_engine.requests.clear()
+        r = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                        json={"messages": [{"role": "user", "content": "a secret system prompt"}], "max_tokens": 2})
+        assert r.status_code == 200, r.text
+        [(_, params)] = fake_engine.requests.values()
+        salts.append(params.cache_salt)
+    return salts
+
+
+def test_each_api_key_has_its_own_prefix_cache(auth_client, fake_engine):
+    one, two, one_again = _cache_salts(auth_client, fake_engine, ["key-one", "key-two", "key-one"])
+    assert one and two and one != two and one == one_again
+    assert "key-one" not in one  # a digest, not the key
+
+
+def test_share_prefix_cache_setting(fake_engine, monkeypatch):
+    from tests.server.conftest import make_client
+
+    monkeypatch.delenv("GPTSERVE_API_KEY", raising=False)
+    with make_client(fake_engine, api_key=["key-one", "key-two"], share_prefix_cache=True) as client:
+        assert _cache_salts(client, fake_engine, ["key-one", "key-two"]) == [None, None]

@@ -151,3 +151,47 @@ def test_the_grammar_cache_is_bounded_by_bytes(tmp_path):
     assert run(structured, structured.guide(huge), "h-000123")  # served, but not kept: past a quarter
     assert structured.grammar(huge) not in structured._cache
     assert structured.num_cached_bytes <= structured.max_bytes
+
+
+CITY = {"type": "object", "properties": {"name": {"type": "string"}, "population": {"type": "integer"},
+                                         "area": {"type": "number"}},
+        "required": ["name", "population", "area"], "additionalProperties": False}
+
+
+def accepts(structured, spec: GrammarSpec, text: str) -> bool:
+    return run(structured, structured.guide(spec), text)
+
+
+def test_unbounded_integers_stay_within_64_bits(structured):
+    spec = GrammarSpec("json", CITY, "response_format")
+    assert accepts(structured, spec, '{"name": "Paris", "population": 2148000, "area": 105.4}')
+    assert accepts(structured, spec, '{"name": "P", "population": -9223372036854774784, "area": 1}')
+    assert accepts(structured, spec, '{"name": "P", "population": 9223372036854775807, "area": 1}')
+    assert not accepts(structured, spec, '{"name": "P", "population": 9223372036854775808')
+    assert not accepts(structured, spec, '{"name": "P", "population": ' + "1" * 20)  # the runaway 1111…
+    bounded = {**CITY, "properties": {**CITY["properties"], "population": {"type": "integer", "minimum": 5}}}
+    assert not accepts(structured, GrammarSpec("json", bounded, "response_format"), '{"name": "P", "population": 4, ')
+
+
+def test_numbers_stay_within_float64_digits(structured):
+    spec = GrammarSpec("json", CITY, "response_format")
+    head = '{"name": "P", "population": 1, "area": '
+    for ok in ("0.5", "-12.25", "1234567.1234567891", "123456789012.12345", "1234567890123456.5"):
+        assert accepts(structured, spec, head + ok + "}"), ok
+    for runaway in ("0." + "3" * 11, "1" * 17, "12345678.123456"):
+        assert not accepts(structured, spec, head + runaway), runaway
+
+
+def test_json_object_and_free_values_bound_their_numbers(structured):
+    spec = GrammarSpec("json", {"type": "object"}, "response_format")  # response_format json_object
+    assert accepts(structured, spec, '{"a": [1, 2.5, {"b": null, "c": "x"}], "d": true, "e": -3}')
+    assert not accepts(structured, spec, '{"a": ' + "1" * 20)
+    assert not accepts(structured, spec, '{"a": [{"b": 0.' + "1" * 11)
+
+
+def test_tool_arguments_bound_their_numbers(structured):
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"n": {"type": "integer"}, "x": {"type": "number"}}, "required": ["n", "x"]}}}
+    spec = ToolSettings(tools=[tool], choice="required").grammar()
+    assert accepts(structured, spec, '<tool_call>\n{"name": "f", "arguments": {"n": 12, "x": 0.5}}\n</tool_call>')
+    assert not accepts(structured, spec, '<tool_call>\n{"name": "f", "arguments": {"n": ' + "7" * 20)

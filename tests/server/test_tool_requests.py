@@ -114,8 +114,11 @@ def test_tool_calls_streamed_as_deltas(tool_client):
     texts = check_stream(events)  # every chunk validated against the spec
     assert texts[0] == "Checking."
     pieces = [tc for e in events[:-1] for c in e["choices"] for tc in c["delta"].get("tool_calls", [])]
-    assert pieces[0]["id"].startswith("call_") and pieces[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert pieces[0]["id"].startswith("call_") and pieces[0]["function"]["name"] == "get_weather"
     assert all(set(p) == {"index", "function"} for p in pieces[1:])
+    for e in events[:-1]:  # one entry per call index per chunk, as OpenAI sends (delta.tool_calls[0] is whole)
+        entries = [tc["index"] for c in e["choices"] for tc in c["delta"].get("tool_calls", [])]
+        assert len(entries) == len(set(entries)), e
     arguments = "".join(p["function"]["arguments"] for p in pieces)
     assert json.loads(arguments) == {"city": "Paris"}
     assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
@@ -197,3 +200,23 @@ def test_tokenize_renders_tools_as_the_chat_endpoint_does(tool_client):
     r = client.post("/tokenize", json={"model": "gpt-4", "messages": MSG, "tools": [WEATHER]})
     assert r.status_code == 200, r.text
     assert r.json()["tokens"] == prompt_ids
+
+
+@pytest.mark.parametrize("cut", [len(CALL) + 5, len(CALL) + 40, len(CALL) + 60])
+def test_a_call_cut_by_max_tokens_is_dropped_never_content(monkeypatch, cut):
+    """tool_choice "required", max_tokens ending inside the second call (its tag, its name, its
+    arguments): the first call stands, no markup is content, finish_reason "length"."""
+    monkeypatch.delenv("GPTSERVE_API_KEY", raising=False)
+    two = CALL + "\n" + CALL.replace("Paris", "Oslo")
+    with make_client(FakeEngine(max_model_len=4096, script=two)) as client:
+        body = client.post(CHAT, json=chat(tools=[WEATHER], tool_choice="required", temperature=0,
+                                           max_tokens=cut)).json()
+        validate(body, "CreateChatCompletionResponse")
+        choice = body["choices"][0]
+        assert choice["finish_reason"] == "length" and choice["message"]["content"] is None
+        assert [json.loads(c["function"]["arguments"]) for c in choice["message"]["tool_calls"]] == [{"city": "Paris"}]
+        events = parse_sse(client.post(CHAT, json=chat(tools=[WEATHER], tool_choice="required", temperature=0,
+                                                       max_tokens=cut, stream=True)).text)
+        texts = check_stream(events)
+        assert "<tool_call>" not in texts[0] and texts[0].strip() == ""
+        assert events[-2]["choices"][0]["finish_reason"] == "length"

@@ -73,9 +73,14 @@ def test_bad_escapes_in_a_name_do_not_break_the_stream():
     assert stream_in_pieces(text, 0, {"get_weather"}) == (text, [])
 
 
-def test_broken_or_unknown_calls_stay_text():
+def test_unknown_calls_stay_text_and_cut_calls_are_dropped():
+    # cut short by max_tokens: never the raw markup as content, and no half call
     broken = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa'
-    assert parse_tool_calls(broken) == (broken, [])
+    assert parse_tool_calls(broken) == (None, [])
+    assert parse_tool_calls("Let me see.\n" + broken) == ("Let me see.", [])
+    assert parse_tool_calls('Hm.<tool_call>\n{"name": "get_wea') == ("Hm.", [])
+    content, calls = parse_tool_calls(TWO_CALLS.split("get_time")[0], {"get_weather", "get_time"})
+    assert content == "Let me check." and [c["name"] for c in calls] == ["get_weather"]
     unknown = '<tool_call>{"name": "launch", "arguments": {}}</tool_call>'
     assert parse_tool_calls(unknown, {"get_weather"}) == (unknown, [])
 
