@@ -40,7 +40,7 @@ test: install-test
 	bash scripts/install-test-tools.sh
 	$(VENV)/bin/lint-imports
 	@set -o pipefail; pytest_start=$$(date +%s); \
-	$(PY) -m pytest -q $(PYTEST_ARGS) 2>&1 | tee .pytest-last.log; status=$$?; \
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS) 2>&1 | tee .pytest-last.log; status=$$?; \
 	now=$$(date +%s); \
 	echo "make test took $$((now - $(START))) s in all, pytest $$((now - pytest_start)) s; pytest exited $$status"; \
 	tail -n 1 .pytest-last.log; \

@@ -8,7 +8,7 @@ import os
 from openai import AsyncOpenAI
 
 MODEL = os.environ.get("GPTSERVE_MODEL", "SmolLM2-135M-Instruct")
-QUESTIONS = ["What is the capital of France?", "What is 2 + 2?", "Name a primary colour."]
+QUESTIONS = ["What is the capital of France? Answer in one sentence.", "What is 2 + 2?", "Name a primary colour."]
 
 
 async def ask(client: AsyncOpenAI, question: str) -> str:

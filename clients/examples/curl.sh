@@ -15,7 +15,7 @@ echo
 echo "# POST /chat/completions"
 curl -sS --fail-with-body "${auth[@]}" -H "Content-Type: application/json" "$BASE_URL/chat/completions" -d '{
   "model": "'"$MODEL"'",
-  "messages": [{"role": "user", "content": "What is the capital of France?"}],
+  "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
   "temperature": 0, "max_tokens": 32
 }'
 echo

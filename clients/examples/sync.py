@@ -12,7 +12,7 @@ client = OpenAI(
 )
 response = client.chat.completions.create(
     model=os.environ.get("GPTSERVE_MODEL", "SmolLM2-135M-Instruct"),
-    messages=[{"role": "user", "content": "What is the capital of France?"}],
+    messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
     temperature=0,
     max_tokens=64,
 )

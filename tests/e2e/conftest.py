@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.live_server import API_KEY, SERVED_NAMES  # noqa: F401 - others import them here
-from tests.server_process import REPO, free_port  # noqa: F401 - free_port: others import it here
+from tests.server_process import REPO, free_port, running_server  # noqa: F401 - free_port: others import it here
 
 OPENAI_028_DIR = Path(os.environ.get("GPTSERVE_OPENAI028_DIR", "/tmp/gptserve-openai028"))
 

@@ -15,7 +15,7 @@ from tests.e2e.conftest import API_KEY
 from tests.server.named_events import parse_named_sse, strict_sdk
 
 MODEL = "SmolLM2-135M-Instruct"
-ASK = [{"role": "user", "content": "What is the capital of France?"}]
+ASK = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 GREEDY = {"temperature": 0}  # this SDK no longer has the argument; older ones and other clients send it
 WEATHER = {"name": "get_weather", "description": "Current weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},

@@ -15,7 +15,7 @@ from tests.server.named_events import check_response_events, parse_named_sse
 from tests.spec_validator import validate
 
 MODEL = "SmolLM2-135M-Instruct"
-ASK = "What is the capital of France?"
+ASK = "What is the capital of France? Answer in one sentence."
 WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather in a city", "strict": True,
            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
                           "required": ["city"], "additionalProperties": False}}

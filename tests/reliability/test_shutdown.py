@@ -12,12 +12,12 @@ from tests.server.helpers import check_stream
 
 
 def test_sigterm_drains_streams_then_exits_zero(start_server):
-    server = start_server("--max-model-len", "512", "--drain-timeout", "30")
+    server = start_server("--max-model-len", "4096", "--drain-timeout", "30")
 
     async def main():
         async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=60) as client:
             streams = [asyncio.create_task(stream_completion(
-                client, prompt="Hello", max_tokens=400, ignore_eos=True, temperature=0)) for _ in range(4)]
+                client, prompt="Hello", max_tokens=4000, ignore_eos=True, temperature=0)) for _ in range(4)]
             for _ in range(200):  # until all four are generating
                 metrics = (await client.get("/metrics")).text
                 if "gptserve:num_requests_running 4.0" in metrics:
