@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -81,42 +82,79 @@ def test_plan_is_what_this_test_understands():
     assert plan["healthcheck"][0] == "python"
 
 
-@pytest.mark.slow
-def test_image_install_and_start_in_a_fresh_venv(tmp_path):
-    plan = _plan()
-    image_python = re.search(r"python:(\d+\.\d+)", plan["base"]).group(1)
-    here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if image_python != here:
-        pytest.skip(f"the image has Python {image_python}, this machine {here}")
+class ImageInstall:
+    """The Dockerfile's pip steps into a fresh venv, run on a thread of their own: started when
+    the test session starts (tests/conftest.py), so the minute they take overlaps the rest of
+    the suite; the test (moved to the end of the run) waits for them."""
 
-    # The build context, as `docker build .` would send it (.dockerignore applied).
-    ctx = tmp_path / "app"
-    for rel in build_context_files():
-        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, ctx / rel)
+    def __init__(self, root: Path) -> None:
+        self.root, self.plan = root, _plan()
+        self.ctx, self.venv = root / "app", root / "venv"
+        self.env: dict[str, str] = {}
+        self.install_s = 0.0
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, name="image-install", daemon=True)
 
-    venv = tmp_path / "venv"
-    try:
+    def skip_reason(self) -> str | None:
+        image_python = re.search(r"python:(\d+\.\d+)", self.plan["base"]).group(1)
+        here = f"{sys.version_info.major}.{sys.version_info.minor}"
+        return None if image_python == here else f"the image has Python {image_python}, this machine {here}"
+
+    def start(self) -> ImageInstall:
+        if self.skip_reason() is None:
+            self.thread.start()
+        return self
+
+    def wait(self) -> None:
+        self.thread.join(timeout=900)
+        if self.thread.is_alive():
+            pytest.fail("the image's pip steps did not finish within 900 s")
+        if self.error is not None:
+            pytest.fail(self.error)
+
+    def _run(self) -> None:
+        try:
+            self._install()
+        except Exception as exc:  # noqa: BLE001 - reported by wait(), in the test
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _install(self) -> None:
+        plan, ctx, venv = self.plan, self.ctx, self.venv
+        # The build context, as `docker build .` would send it (.dockerignore applied).
+        for rel in build_context_files():
+            (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, ctx / rel)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
         base_env = {k: v for k, v in os.environ.items()
                     if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PIP_NO_CACHE_DIR")}
         # PIP_NO_COMPILE: no .pyc files written at install (they are made on first import anyway);
         # byte-compiling torch was most of this test's time
-        env = {**base_env, **plan["args"], **plan["env"], "VIRTUAL_ENV": str(venv), "PIP_NO_COMPILE": "1",
-               "PATH": f"{venv / 'bin'}{os.pathsep}{base_env.get('PATH', '')}"}
-
+        self.env = {**base_env, **plan["args"], **plan["env"], "VIRTUAL_ENV": str(venv), "PIP_NO_COMPILE": "1",
+                    "PATH": f"{venv / 'bin'}{os.pathsep}{base_env.get('PATH', '')}"}
         started = time.monotonic()
-        for run, workdir, after_copy in plan["runs"]:
+        for run, _workdir, after_copy in plan["runs"]:
             if "pip install" not in run:
                 continue  # system set-up, checked in test_plan_is_what_this_test_understands
             command = run
             for pattern, replacement in REWRITES:
                 command = pattern.sub(replacement, command)
-            cwd = ctx if after_copy else tmp_path
-            res = subprocess.run(["sh", "-c", command], cwd=cwd, env=env, capture_output=True,
+            cwd = ctx if after_copy else self.root
+            res = subprocess.run(["sh", "-c", command], cwd=cwd, env=self.env, capture_output=True,
                                  text=True, timeout=480)
-            assert res.returncode == 0, f"RUN {command}\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
-        install_s = time.monotonic() - started
+            if res.returncode != 0:
+                self.error = f"RUN {command}\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
+                return
+        self.install_s = time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_image_install_and_start_in_a_fresh_venv(image_install: ImageInstall):
+    if image_install.skip_reason():
+        pytest.skip(image_install.skip_reason())
+    plan, ctx, venv, tmp_path = image_install.plan, image_install.ctx, image_install.venv, image_install.root
+    try:
+        image_install.wait()
+        env, install_s = image_install.env, image_install.install_s
 
         # What got installed is what the image promises: CPU torch at the pinned version.
         probe = subprocess.run(
@@ -170,8 +208,7 @@ def test_image_install_and_start_in_a_fresh_venv(tmp_path):
         assert stop_s < 45
         print(f"install {install_s:.0f} s, stop {stop_s:.1f} s")
     finally:
-        shutil.rmtree(venv, ignore_errors=True)
-        shutil.rmtree(ctx, ignore_errors=True)
+        shutil.rmtree(image_install.root, ignore_errors=True)  # the venv and the build context
 
 
 def test_healthcheck_fails_when_nothing_listens():

@@ -63,9 +63,11 @@ def test_int8_is_for_the_cpu():
 def test_int8_output_does_not_depend_on_the_batch(tiny_llama, cpu_kernels):
     """A request's greedy tokens are the same alone and batched with others (fixed activation
     quantization: torch's dynamic op would derive it from the whole batch's min and max)."""
-    config = dict(model=tiny_llama, num_threads=1, quantization="int8", cpu_kernels=cpu_kernels)
+    # one engine (calibrating int8 is its cost), no prefix cache: each solo run starts from nothing
+    engine = LLMEngine(EngineConfig(model=tiny_llama, num_threads=1, quantization="int8", cpu_kernels=cpu_kernels,
+                                    enable_prefix_caching=False))
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     prompts = [[5, 17, 33, 2, 99, 7], [300, 12, 4, 77], list(range(40, 90)), [9, 8, 7, 6, 5, 4, 3]]
-    solo = [LLMEngine(EngineConfig(**config)).generate([p], params)[0][0].token_ids for p in prompts]
-    together = [out[0].token_ids for out in LLMEngine(EngineConfig(**config)).generate(prompts, params)]
+    solo = [engine.generate([p], params)[0][0].token_ids for p in prompts]
+    together = [out[0].token_ids for out in engine.generate(prompts, params)]
     assert together == solo

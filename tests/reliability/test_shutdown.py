@@ -17,7 +17,7 @@ def test_sigterm_drains_streams_then_exits_zero(start_server):
     async def main():
         async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=60) as client:
             streams = [asyncio.create_task(stream_completion(
-                client, prompt="Hello", max_tokens=4000, ignore_eos=True, temperature=0)) for _ in range(4)]
+                client, prompt="Hello", max_tokens=1000, ignore_eos=True, temperature=0)) for _ in range(4)]
             for _ in range(200):  # until all four are generating
                 metrics = (await client.get("/metrics")).text
                 if "gptserve:num_requests_running 4.0" in metrics:
