@@ -6,8 +6,8 @@ server's memory (VmRSS / VmHWM of /proc/PID/status) after each.
     python scripts/attack.py --url http://127.0.0.1:8000 --api-key KEY --pid $!
 
 Bounded: every flood stops at a fixed number of bytes or connections, every wait has a timeout,
-and only loopback addresses are accepted. Not in CI (tests/reliability/test_dos.py checks the
-same limits on a tiny model).
+and only loopback addresses are accepted. Not in CI (tests/reliability/test_dos_connections.py
+and test_dos_requests.py check the same limits on a tiny model).
 """
 from __future__ import annotations
 
