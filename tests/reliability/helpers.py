@@ -42,7 +42,7 @@ class HealthProbe:
 
     def _run(self) -> None:
         with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set():
+            while True:  # at least one answer, even when the load is over before the thread starts
                 start = time.perf_counter()
                 try:
                     status = client.get(f"{self.url}/health").status_code
@@ -51,7 +51,8 @@ class HealthProbe:
                 except httpx.HTTPError as exc:
                     self.failures.append(repr(exc))
                 self.latencies.append(time.perf_counter() - start)
-                self._stop.wait(0.05)
+                if self._stop.wait(0.05):
+                    return
 
     def __enter__(self) -> HealthProbe:
         self._thread.start()
