@@ -49,17 +49,11 @@ class ResponseChunks(ChatChunks):
         # Chunks.update collects what text_chunk / finish_chunk return: here, lists of events
         return [event for events in super(ChatChunks, self).update(k, out) for event in events]
 
-    def _parsed_delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
-        # ChatChunks parses when it has tools (or, where it has one, a reasoning parser: is_parsed)
-        if self.is_parsed:
-            return self._delta(index, text, is_finished)
-        return pc.DeltaMessage(content=text or None)
-
     def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> list[dict]:
         return self._on_delta(self._parsed_delta(index, text))
 
     def finish_chunk(self, index: int, reason: str) -> list[dict]:
-        events = self._on_delta(self._parsed_delta(index, "", is_finished=True))
+        events = self._on_delta(self._parsed_delta(index, "", finish_reason=reason))
         item_status = "incomplete" if reason == "length" else "completed"
         if not any(item["type"] != "reasoning" for item in self.output):  # no answer: still one (empty) message
             events += self._open_text("message")

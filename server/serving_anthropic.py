@@ -68,12 +68,6 @@ class MessageChunks(ChatChunks):
     def start(self) -> list[dict]:
         return [{"type": "message_start", "message": self.message([], None, 0)}]
 
-    def _parsed_delta(self, index: int, text: str, is_finished: bool = False) -> pc.DeltaMessage:
-        # ChatChunks parses when it has tools (or, where it has one, a reasoning parser: is_parsed)
-        if self.is_parsed:
-            return self._delta(index, text, is_finished)
-        return pc.DeltaMessage(content=text or None)
-
     def text_chunk(self, index: int, text: str, logprobs: list[TokenLogprob]) -> list[dict]:
         return self._on_delta(self._parsed_delta(index, text))
 
@@ -121,7 +115,7 @@ class MessageChunks(ChatChunks):
         return [{"type": "content_block_stop", "index": index}]
 
     def finish_chunk(self, index: int, reason: str) -> list[dict]:
-        events = self._on_delta(self._parsed_delta(index, "", is_finished=True)) + self._stop_block()
+        events = self._on_delta(self._parsed_delta(index, "", finish_reason=reason)) + self._stop_block()
         if reason == "stop" and self.stop_sequence is not None:
             self.stop_reason = "stop_sequence"
         elif reason == "stop" and any(b["type"] == "tool_use" for b in self.blocks):

@@ -176,6 +176,13 @@ class ChatChunks(Chunks):
         return pc.DeltaMessage(content=content or None, reasoning_content=thought, reasoning=thought,
                                tool_calls=[pc.ToolCallDelta.model_validate(c) for c in calls] or None)
 
+    def _parsed_delta(self, index: int, text: str, finish_reason: str | None = None) -> pc.DeltaMessage:
+        """A delta for the endpoints built on these chunks (/v1/responses, /v1/messages): parsed
+        when there are tools or a reasoning parser, else the text as content."""
+        if self.is_parsed:
+            return self._delta(index, text, finish_reason)
+        return pc.DeltaMessage(content=text or None)
+
     def _split(self, index: int, text: str, is_finished: bool = False) -> tuple[str, str]:
         """The choice's new text → (thinking, answer) pieces."""
         stream = self.reasoning_streams.get(index) or \
