@@ -17,6 +17,9 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's context length
     max_num_seqs: int = 64  # sequences decoded together at most
     max_num_batched_tokens: int = 1024  # tokens per step (prefill chunks + decodes)
+    # a step that prefills beside decoding streams takes at most this many times a decode-only
+    # step (engine/pacing.py); 0: prompts always take the whole token budget
+    max_decode_slowdown: float = 2.0
     block_size: int = 16  # tokens per KV block
     num_kv_blocks: int | None = None  # default: from kv_cache_memory_gb
     kv_cache_memory_gb: float = 2.0  # size of the KV pool when num_kv_blocks is not given
@@ -38,6 +41,8 @@ class EngineConfig:
             raise ValueError("max_num_seqs must be at least 1")
         if self.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be at least 1")
+        if self.max_decode_slowdown != 0 and self.max_decode_slowdown <= 1:
+            raise ValueError("max_decode_slowdown must be above 1 (or 0: off)")
         if self.block_size < 1:
             raise ValueError("block_size must be at least 1")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:

@@ -24,6 +24,7 @@ from engine.loader.weights_format import weights_format
 from engine.model_runner import ModelRunner
 from engine.models.registry import BLOCK_ARCHITECTURES, INT8_ARCHITECTURES, model_class
 from engine.outputs import CompletionOutput, RequestOutput
+from engine.pacing import context_scale
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
@@ -122,7 +123,10 @@ class LLMEngine:
             1, int(config.kv_cache_memory_gb * 2**30) // (per_token * config.block_size)
         )
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(config, self.block_manager)
+        mc = model_config
+        self.scheduler = Scheduler(config, self.block_manager, context_scale(
+            mc.hidden_size, mc.intermediate_size, mc.num_attention_heads * mc.head_dim,
+            mc.num_key_value_heads * mc.head_dim, gated=mc.architecture != "gpt2"))
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device, self.kv_dtype)
         if config.fault_injection_step is not None:
             self.runner.fault_hook = self._inject_fault
@@ -252,7 +256,9 @@ class LLMEngine:
             return []
         self.runner.copy_blocks(self.block_manager.pending_copies)
         self.block_manager.pending_copies = []
+        started = time.perf_counter()
         token_ids, logprobs = self.runner.run(sched)
+        self.scheduler.pacer.observe(sched.num_decodes, sched.prefill_cost, time.perf_counter() - started)
         self.scheduler.postprocess(sched)
         self.num_steps += 1
         self.max_batch_size_seen = max(self.max_batch_size_seen, len(sched.seqs))

@@ -10,6 +10,10 @@ request with the fewest running sequences goes first (oldest first among equals)
 slot is taken while a request waits with none, the request holding the most slots gives one
 back (preempted, recomputed later from the prefix cache). So one request's ``n`` choices delay
 another request by about a step, not by the whole fan-out.
+
+Paced beside decodes (engine/pacing.py): when sequences are decoding, prompts prefill only as
+much per step as keeps that step within ``max_decode_slowdown`` times a decode-only step, so a
+long prompt does not freeze the streams; with nobody decoding a prompt takes the whole budget.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
+from engine.pacing import StepPacer
 from engine.sequence import Sequence, SequenceStatus
 
 
@@ -27,6 +32,8 @@ class SchedulerOutput:
     num_new_tokens: list[int] = field(default_factory=list)  # tokens each computes this step
     sample_seqs: list[Sequence] = field(default_factory=list)  # sequences that sample a token
     sample_rows: list[int] = field(default_factory=list)  # index into seqs of the logits to use
+    num_decodes: int = 0  # sequences computing one token (their next)
+    prefill_cost: float = 0.0  # the prompt chunks' work (engine/pacing.py's units)
 
     @property
     def is_empty(self) -> bool:
@@ -34,9 +41,10 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager, context_scale: float = 3000.0) -> None:
         self.max_num_seqs = config.max_num_seqs
         self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.pacer = StepPacer(config.max_decode_slowdown, context_scale, min_chunk=block_manager.block_size)
         self.block_manager = block_manager
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -124,11 +132,32 @@ class Scheduler:
         counts = self._num_running_by_request()
         self._make_room_for_waiting(counts)
 
+        # prefill work allowed beside this step's decodes (None: no limit but the token budget)
+        allowance = self.pacer.allowance() if any(s.num_uncomputed_tokens == 1 for s in self.running) else None
+        first_chunk = True
+
+        def paced(seq: Sequence, start: int, num_new: int) -> int:
+            """num_new cut to the pacer's allowance (a prompt chunk beside decodes)."""
+            nonlocal allowance, first_chunk
+            if num_new <= 1:
+                return num_new
+            if allowance is not None:
+                fit = self.pacer.chunk_tokens(start, allowance)
+                if first_chunk:  # the prompts always advance, if slowly
+                    fit = max(fit, self.pacer.min_chunk)
+                num_new = min(num_new, fit)
+                allowance = max(0.0, allowance - self.pacer.chunk_cost(start, num_new))
+            first_chunk = False
+            return num_new
+
         scheduled: list[Sequence] = []
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_new = paced(seq, seq.num_computed_tokens, min(seq.num_uncomputed_tokens, budget))
+            if num_new == 0:
+                i += 1
+                continue
             while not bm.can_allocate(seq, [], num_new):
                 victim = self.running.pop()  # the newest running sequence gives way
                 self._preempt(victim)
@@ -149,8 +178,9 @@ class Scheduler:
             index = self._next_waiting(counts)
             seq = self.waiting[index]
             hits = [] if seq.needs_prompt_logprobs else bm.lookup_prefix(seq)
-            num_new = min(seq.num_tokens - len(hits) * bm.block_size, budget)
-            if not bm.can_allocate(seq, hits, num_new):
+            start = len(hits) * bm.block_size
+            num_new = paced(seq, start, min(seq.num_tokens - start, budget))
+            if num_new == 0 or not bm.can_allocate(seq, hits, num_new):
                 break
             bm.allocate(seq, hits, num_new)
             del self.waiting[index]
@@ -162,6 +192,11 @@ class Scheduler:
             budget -= num_new
 
         out.seqs = scheduled
+        for seq, num_new in zip(scheduled, out.num_new_tokens):
+            if num_new == 1 and seq.num_computed_tokens + 1 == seq.num_tokens:
+                out.num_decodes += 1
+            else:
+                out.prefill_cost += self.pacer.chunk_cost(seq.num_computed_tokens, num_new)
         for row, (seq, num_new) in enumerate(zip(scheduled, out.num_new_tokens)):
             if seq.num_computed_tokens + num_new < seq.num_tokens:
                 continue  # a prefill chunk that does not reach the end: nothing to sample yet

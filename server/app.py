@@ -79,6 +79,7 @@ def build_engine(settings: Settings, spec: ModelSpec | None = None, is_default: 
         model=spec.path, device=settings.device, dtype=settings.dtype,
         max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_decode_slowdown=settings.max_decode_slowdown,
         kv_cache_memory_gb=settings.kv_cache_memory_gb, kv_cache_dtype=settings.kv_cache_dtype,
         enable_prefix_caching=not settings.no_prefix_caching,
         quantization=None if settings.quantization == "none" else settings.quantization,

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(None, ge=1, description="context length in tokens (default: the model's)")
     max_num_seqs: int = Field(64, ge=1, description="sequences decoded together at most")
     max_num_batched_tokens: int = Field(1024, ge=1, description="tokens per engine step (prefill chunks + decodes)")
+    max_decode_slowdown: float = Field(
+        2.0, ge=0, description="while streams decode, a long prompt prefills in chunks sized so a step takes at most "
+        "this many times a decode-only step (measured as it runs), so streams keep flowing; 0 = off (whole budget)")
     kv_cache_memory_gb: float = Field(2.0, gt=0, description="memory for the paged KV cache")
     kv_cache_dtype: Literal["auto", "float16"] = Field(
         "auto", description="auto = the model's dtype; float16 = half the KV memory and reads (llama.cpp's default; "
@@ -150,6 +153,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value  # GPTSERVE_EMBEDDING_MODEL=
+
+    @field_validator("max_decode_slowdown")
+    @classmethod
+    def _above_one(cls, value: float) -> float:
+        if value != 0 and value <= 1:
+            raise ValueError("must be above 1 (a step may take that many decode steps' time), or 0 to turn pacing off")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
