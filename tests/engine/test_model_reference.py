@@ -3,21 +3,33 @@
 Both read the same checkpoint; we compare the top-20 log-probabilities at every generated
 position (teacher-forced on our own greedy tokens).
 """
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from engine import EngineConfig, LLMEngine, SamplingParams, default_model_path
+from tests.real_models import cached_reference
 
 transformers = pytest.importorskip("transformers")
 
 
-def compare_with_transformers(engine: LLMEngine, hf_model, prompt_ids: list[int], atol: float) -> list[int]:
+def hf_logprobs(hf_model):
+    """token ids -> transformers' log-probabilities at every position (positions, vocab)."""
+    def run(ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), -1)
+    return run
+
+
+def compare_with_transformers(engine: LLMEngine, reference, prompt_ids: list[int], atol: float) -> list[int]:
+    """Our greedy tokens and top-20 logprobs against ``reference`` (token ids -> logprobs, as
+    hf_logprobs) teacher-forced on our own tokens."""
     params = SamplingParams(temperature=0, max_tokens=8, logprobs=20, ignore_eos=True)
     choice = engine.generate([prompt_ids], params)[0][0]
-    with torch.no_grad():
-        ref = torch.log_softmax(hf_model(torch.tensor([prompt_ids + choice.token_ids])).logits[0].float(), -1)
+    ref = reference(prompt_ids + choice.token_ids)
     for step, lp in enumerate(choice.logprobs):
         row = ref[len(prompt_ids) - 1 + step]
         assert lp.token_id == int(row.argmax())
@@ -34,20 +46,37 @@ def test_tiny_random_checkpoint_matches_transformers(fixture, request):
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     engine = LLMEngine(EngineConfig(model=path, num_threads=1, block_size=4, max_num_batched_tokens=9, dtype="float32"))
     for prompt in ([5, 17, 33, 2, 99, 7, 150, 42, 8, 61, 300, 12, 4], [3, 4]):
-        compare_with_transformers(engine, hf, prompt, atol=1e-4)
+        compare_with_transformers(engine, hf_logprobs(hf), prompt, atol=1e-4)
+
+
+def smollm2_reference(path: str, vocab_size: int):
+    """transformers' own GGUF loading of SmolLM2 (it dequantizes to float32), its top-64
+    logprobs per position computed once per machine (tests/real_models.py): loading the file
+    that way takes most of this test's time. Logprobs outside the top 64 read as -inf."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    def reference(ids: list[int]) -> torch.Tensor:
+        def compute() -> dict:
+            hf = transformers.AutoModelForCausalLM.from_pretrained(
+                os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+            top = hf_logprobs(hf)(ids).topk(64)
+            return {"ids": top.indices.tolist(), "logprobs": top.values.tolist()}
+
+        ref = cached_reference([digest, transformers.__version__, ids, 64], compute)
+        rows = torch.full((len(ids), vocab_size), float("-inf"))
+        return rows.scatter_(1, torch.tensor(ref["ids"]), torch.tensor(ref["logprobs"]))
+    return reference
 
 
 def test_smollm2_gguf_matches_transformers():
     path = default_model_path()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
-    ).eval()
     # transformers dequantizes the file to float32: so does --dtype float32 (the default computes on the blocks)
     engine = LLMEngine(EngineConfig(model=path, max_model_len=512, dtype="float32"))
     prompt = engine.tokenizer.encode(
         engine.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
     )
-    tokens = compare_with_transformers(engine, hf, prompt, atol=2e-3)
+    reference = smollm2_reference(path, engine.model_config.vocab_size)
+    tokens = compare_with_transformers(engine, reference, prompt, atol=2e-3)
     assert engine.tokenizer.decode(tokens).startswith("The capital of France is Paris")
 
 
@@ -58,8 +87,7 @@ def test_prompt_logprobs_match_transformers(tiny_llama):
     engine = LLMEngine(EngineConfig(model=tiny_llama, num_threads=1, block_size=4, max_num_batched_tokens=4))
     prompt = [5, 17, 33, 2, 99, 7, 150, 42, 8, 61, 300, 12, 4]
     engine.generate([prompt], SamplingParams(temperature=0, max_tokens=2))  # fills the prefix cache
-    with torch.no_grad():
-        ref = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), -1)
+    ref = hf_logprobs(hf)(prompt)
     engine.add_request("echo", prompt, SamplingParams(temperature=0, max_tokens=3, n=2, prompt_logprobs=5))
     firsts = []
     while engine.has_unfinished_requests():
