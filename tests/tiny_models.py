@@ -194,13 +194,17 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _random_kquant_blocks(num_values: int, qtype, rng: np.random.Generator) -> np.ndarray:
-    """Valid random K-quant blocks as bytes (gguf can't quantize K-quants in Python)."""
+def random_kquant_blocks(num_values: int, qtype, rng: np.random.Generator) -> np.ndarray:
+    """Valid random K-quant blocks as bytes (gguf can't quantize K-quants in Python): random codes,
+    scales and mins; d and dmin such that the values are of a linear layer's size here (|w| < 0.1)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     blocks = rng.integers(0, 256, size=(num_values // block_size, type_size), dtype=np.uint8)
-    scales = rng.uniform(1e-3, 1e-2, size=(blocks.shape[0], 2)).astype(np.float16).view(np.uint8)
+    # the largest code times the largest scale: 15 * 63 (Q4_K), 31 * 63 (Q5_K), 32 * 128 (Q6_K)
+    largest = {GGMLQuantizationType.Q4_K: 945, GGMLQuantizationType.Q5_K: 1953, GGMLQuantizationType.Q6_K: 4096}
+    scales = rng.uniform(0.2, 1.0, size=(blocks.shape[0], 2)) * 0.1 / largest[qtype]
+    scales = scales.astype(np.float16).view(np.uint8)
     if qtype == GGMLQuantizationType.Q6_K:
         blocks[:, -2:] = scales[:, :2]  # d is the block's last 2 bytes
     else:
@@ -233,7 +237,7 @@ def gguf_tensors_from(hf_weights: dict[str, torch.Tensor], *, arch: str, qtype: 
         if array.ndim == 1 or array.shape[-1] % block_size:
             out[gguf_name(name)] = (array, GGMLQuantizationType.F32)
         elif target.name in ("Q4_K", "Q5_K", "Q6_K"):
-            blocks = _random_kquant_blocks(array.size, target, rng)
+            blocks = random_kquant_blocks(array.size, target, rng)
             out[gguf_name(name)] = (blocks.reshape(array.shape[0], -1), target)
         else:
             out[gguf_name(name)] = (gguf.quants.quantize(array, target), target)
