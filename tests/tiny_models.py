@@ -213,12 +213,13 @@ def random_kquant_blocks(num_values: int, qtype, rng: np.random.Generator) -> np
 
 
 def gguf_tensors_from(hf_weights: dict[str, torch.Tensor], *, arch: str, qtype: str, num_heads: int, num_kv_heads: int,
-                      seed: int = 0, embed_qtype: str | None = None) -> dict:
+                      seed: int = 0, embed_qtype: str | None = None, qtype_overrides: dict[str, str] | None = None) -> dict:
     """GGUF name → (array as written, GGMLQuantizationType): permuted Q/K, quantized 2-D weights.
 
     1-D tensors stay F32, and so does a weight whose rows aren't whole blocks of ``qtype`` (as
     llama.cpp's quantizer falls back). K-quants are random valid blocks, not the weights.
-    ``embed_qtype`` gives token_embd its own type (SmolLM2's file: Q8_0 embeddings, Q4_1 layers).
+    ``embed_qtype`` gives token_embd its own type (SmolLM2's file: Q8_0 embeddings, Q4_1 layers);
+    ``qtype_overrides`` others by a part of their name (a Q4_K_M file: {"v_proj": "Q6_K", …}).
     """
     import gguf
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -227,7 +228,8 @@ def gguf_tensors_from(hf_weights: dict[str, torch.Tensor], *, arch: str, qtype: 
     out = {}
     for name, tensor in hf_weights.items():
         is_embed = name == "model.embed_tokens.weight" and embed_qtype is not None
-        target = GGMLQuantizationType[embed_qtype if is_embed else qtype]
+        override = next((t for part, t in (qtype_overrides or {}).items() if part in name), None)
+        target = GGMLQuantizationType[embed_qtype if is_embed else override or qtype]
         array = tensor.numpy().astype(np.float32)
         if arch in ("llama", "mistral") and "q_proj" in name:
             array = permute_qk(array, num_heads)
@@ -276,6 +278,7 @@ def write_tiny_gguf(
     max_position_embeddings: int = 512,
     rope_theta: float = 10000.0,
     embed_qtype: str | None = None,
+    qtype_overrides: dict[str, str] | None = None,
 ) -> str:
     """The tiny model as a GGUF file (llama.cpp conventions, tokenizer metadata); returns ``path``."""
     import gguf
@@ -299,7 +302,7 @@ def write_tiny_gguf(
     add_tiny_tokenizer(writer)
     for name, (array, tensor_type) in gguf_tensors_from(
         weights, arch=arch, qtype=qtype, num_heads=num_heads, num_kv_heads=num_kv_heads, seed=seed,
-        embed_qtype=embed_qtype,
+        embed_qtype=embed_qtype, qtype_overrides=qtype_overrides,
     ).items():
         if tensor_type.name in ("F32", "F16"):
             writer.add_tensor(name, array)

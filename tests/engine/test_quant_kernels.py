@@ -12,6 +12,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf.quants import Q4_K, dequantize, quantize
 
 from engine.layers import cpu_kernels
+from engine.layers.blocks import NATIVE_TYPES
 from tests.tiny_models import random_kquant_blocks
 
 kernels = cpu_kernels.load()
@@ -186,6 +187,10 @@ def test_variants_agree_and_bad_input_is_refused():
         kernels.quant_matmul(torch.zeros(1, 640), torch.zeros(8, 360, dtype=torch.uint8), int(Q.Q4_K), 8, 640)
     with pytest.raises(RuntimeError, match="unknown CPU ISA"):
         kernels.quant_matmul(x, raw, int(Q.Q4_1), 8, 64, "sse9")
+
+
+def test_the_engine_keeps_as_blocks_what_the_kernels_compute_on():
+    assert {Q(t) for t in kernels.native_types()} == NATIVE_TYPES == set(FORMATS + K_FORMATS)
 
 
 def test_set_isa_chooses_the_variant_later_calls_use():
