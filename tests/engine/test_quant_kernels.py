@@ -63,9 +63,9 @@ def _unpack(raw: np.ndarray, qtype):
     Returns q (N, nb, n) int64, sc and mn (N, nb, groups) int64, d and dmin (N, nb) float32."""
     b = raw.view(_BLOCKS[qtype]).reshape(raw.shape[0], -1)  # (N, nb)
     shape = b.shape
-    ones = np.ones((*shape, 1), np.int64)
+    ones, no_min = np.ones((*shape, 1), np.int64), np.zeros(shape, np.float32)
     if qtype == Q.Q8_0:
-        return b["qs"].astype(np.int64), ones, 0 * ones, b["d"].astype(np.float32), np.zeros(shape, np.float32)
+        return b["qs"].astype(np.int64), ones, 0 * ones, b["d"].astype(np.float32), no_min
     if qtype in (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1):
         nib = b["qs"].astype(np.int64)
         q = np.concatenate([nib & 15, nib >> 4], axis=-1)  # values 0..15, the file's order
@@ -74,14 +74,14 @@ def _unpack(raw: np.ndarray, qtype):
         q = q - {Q.Q4_0: 8, Q.Q5_0: 16}.get(qtype, 0)
         if qtype in (Q.Q4_1, Q.Q5_1):  # + m: a min of 1 times -m
             return q, ones, ones, b["d"].astype(np.float32), -b["m"].astype(np.float32)
-        return q, ones, 0 * ones, b["d"].astype(np.float32), np.zeros(shape, np.float32)
+        return q, ones, 0 * ones, b["d"].astype(np.float32), no_min
     if qtype == Q.Q6_K:
         ql, qh = b["ql"].astype(np.int64).reshape(*shape, 2, 64), b["qh"].astype(np.int64).reshape(*shape, 2, 32)
         lo = np.concatenate([ql[..., :32] & 15, ql[..., 32:] & 15, ql[..., :32] >> 4, ql[..., 32:] >> 4], axis=-1)
         hi = (qh[..., None, :] >> np.array([0, 2, 4, 6])[:, None]) & 3  # (.., 2, 4, 32)
         q = (lo | (hi.reshape(*shape, 2, 128) << 4)).reshape(*shape, 256) - 32
-        return q, b["scales"].astype(np.int64), 0 * b["scales"].astype(np.int64), b["d"].astype(np.float32), \
-            np.zeros(shape, np.float32)
+        sc = b["scales"].astype(np.int64)
+        return q, sc, 0 * sc, b["d"].astype(np.float32), no_min
     sc, mn = Q4_K.get_scale_min(b["scales"].reshape(-1, 12))  # gguf's reading of the 6-bit scales
     nib = b["qs"].astype(np.int64).reshape(*shape, 4, 1, 32)
     q = np.concatenate([nib & 15, nib >> 4], axis=-2).reshape(*shape, 256)  # sub-block 2c low, 2c+1 high
