@@ -33,10 +33,7 @@ enum Type : int64_t {
 constexpr int64_t QK = 32;     // values per block of the 32-value formats and of Q8_0/Q8_1
 constexpr int64_t QK_K = 256;  // values per super-block of the K formats and of Q8_K
 
-inline bool is_native(int64_t type) {
-  return type == Q4_0 || type == Q4_1 || type == Q5_0 || type == Q5_1 || type == Q8_0 || type == Q4_K ||
-         type == Q5_K || type == Q6_K;
-}
+// the types with a kernel (engine/layers/blocks.py's NATIVE_TYPES, kept equal by a test)
 inline std::vector<int64_t> native_types() { return {Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K}; }
 inline bool is_k(int64_t type) { return type == Q4_K || type == Q5_K || type == Q6_K; }
 inline int64_t block_values(int64_t type) { return is_k(type) ? QK_K : QK; }
@@ -58,9 +55,9 @@ inline int64_t block_bytes(int64_t type) {
   return 0;
 }
 
-// the values in one row of `type`: whole blocks
+// a row of K values of `type` is whole blocks (and the type has a kernel: refused by name otherwise)
 inline void check_row(int64_t type, int64_t K) {
-  block_bytes(type);  // refuses a type without a kernel by name
+  block_bytes(type);
   const int64_t bv = block_values(type);
   TORCH_CHECK(K % bv == 0, "in_features ", K, " is not a multiple of ", bv, ", the block size of ggml type ", type);
 }
