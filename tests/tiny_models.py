@@ -194,13 +194,17 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _random_kquant_blocks(num_values: int, qtype, rng: np.random.Generator) -> np.ndarray:
-    """Valid random K-quant blocks as bytes (gguf can't quantize K-quants in Python)."""
+def random_kquant_blocks(num_values: int, qtype, rng: np.random.Generator) -> np.ndarray:
+    """Valid random K-quant blocks as bytes (gguf can't quantize K-quants in Python): random codes,
+    scales and mins; d and dmin such that the values are of a linear layer's size here (|w| < 0.1)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     blocks = rng.integers(0, 256, size=(num_values // block_size, type_size), dtype=np.uint8)
-    scales = rng.uniform(1e-3, 1e-2, size=(blocks.shape[0], 2)).astype(np.float16).view(np.uint8)
+    # the largest code times the largest scale: 15 * 63 (Q4_K), 31 * 63 (Q5_K), 32 * 128 (Q6_K)
+    largest = {GGMLQuantizationType.Q4_K: 945, GGMLQuantizationType.Q5_K: 1953, GGMLQuantizationType.Q6_K: 4096}
+    scales = rng.uniform(0.2, 1.0, size=(blocks.shape[0], 2)) * 0.1 / largest[qtype]
+    scales = scales.astype(np.float16).view(np.uint8)
     if qtype == GGMLQuantizationType.Q6_K:
         blocks[:, -2:] = scales[:, :2]  # d is the block's last 2 bytes
     else:
@@ -209,12 +213,13 @@ def _random_kquant_blocks(num_values: int, qtype, rng: np.random.Generator) -> n
 
 
 def gguf_tensors_from(hf_weights: dict[str, torch.Tensor], *, arch: str, qtype: str, num_heads: int, num_kv_heads: int,
-                      seed: int = 0, embed_qtype: str | None = None) -> dict:
+                      seed: int = 0, embed_qtype: str | None = None, qtype_overrides: dict[str, str] | None = None) -> dict:
     """GGUF name → (array as written, GGMLQuantizationType): permuted Q/K, quantized 2-D weights.
 
     1-D tensors stay F32, and so does a weight whose rows aren't whole blocks of ``qtype`` (as
     llama.cpp's quantizer falls back). K-quants are random valid blocks, not the weights.
-    ``embed_qtype`` gives token_embd its own type (SmolLM2's file: Q8_0 embeddings, Q4_1 layers).
+    ``embed_qtype`` gives token_embd its own type (SmolLM2's file: Q8_0 embeddings, Q4_1 layers);
+    ``qtype_overrides`` others by a part of their name (a Q4_K_M file: {"v_proj": "Q6_K", …}).
     """
     import gguf
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -223,7 +228,8 @@ def gguf_tensors_from(hf_weights: dict[str, torch.Tensor], *, arch: str, qtype: 
     out = {}
     for name, tensor in hf_weights.items():
         is_embed = name == "model.embed_tokens.weight" and embed_qtype is not None
-        target = GGMLQuantizationType[embed_qtype if is_embed else qtype]
+        override = next((t for part, t in (qtype_overrides or {}).items() if part in name), None)
+        target = GGMLQuantizationType[embed_qtype if is_embed else override or qtype]
         array = tensor.numpy().astype(np.float32)
         if arch in ("llama", "mistral") and "q_proj" in name:
             array = permute_qk(array, num_heads)
@@ -233,7 +239,7 @@ def gguf_tensors_from(hf_weights: dict[str, torch.Tensor], *, arch: str, qtype: 
         if array.ndim == 1 or array.shape[-1] % block_size:
             out[gguf_name(name)] = (array, GGMLQuantizationType.F32)
         elif target.name in ("Q4_K", "Q5_K", "Q6_K"):
-            blocks = _random_kquant_blocks(array.size, target, rng)
+            blocks = random_kquant_blocks(array.size, target, rng)
             out[gguf_name(name)] = (blocks.reshape(array.shape[0], -1), target)
         else:
             out[gguf_name(name)] = (gguf.quants.quantize(array, target), target)
@@ -272,6 +278,7 @@ def write_tiny_gguf(
     max_position_embeddings: int = 512,
     rope_theta: float = 10000.0,
     embed_qtype: str | None = None,
+    qtype_overrides: dict[str, str] | None = None,
 ) -> str:
     """The tiny model as a GGUF file (llama.cpp conventions, tokenizer metadata); returns ``path``."""
     import gguf
@@ -295,7 +302,7 @@ def write_tiny_gguf(
     add_tiny_tokenizer(writer)
     for name, (array, tensor_type) in gguf_tensors_from(
         weights, arch=arch, qtype=qtype, num_heads=num_heads, num_kv_heads=num_kv_heads, seed=seed,
-        embed_qtype=embed_qtype,
+        embed_qtype=embed_qtype, qtype_overrides=qtype_overrides,
     ).items():
         if tensor_type.name in ("F32", "F16"):
             writer.add_tensor(name, array)

@@ -6,8 +6,8 @@
 // activations; the KV cache float32, or float16 (EngineConfig.kv_cache_dtype, converted with F16C).
 // Linear layers are either float32 (at::linear, the same call the Python path makes) or torch's
 // fbgemm int8 (the packed weights of engine/layers/quant.py, with the same per-token activation
-// scaling), or a GGUF block format kept as the file's bytes (quant_cpu.h: Q4_0, Q4_1, Q8_0,
-// computed as ggml-cpu computes them). Prefill chunks attend over the paged pool too,
+// scaling), or a GGUF block format kept as the file's bytes (quant_cpu.h: Q4_0, Q4_1, Q5_0, Q5_1,
+// Q8_0, Q4_K, Q5_K, Q6_K, computed as ggml-cpu computes them). Prefill chunks attend over the paged pool too,
 // flash-attention style (attention_prefill.h).
 #include <torch/extension.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
@@ -409,7 +409,7 @@ class LlamaStack {
       lin.blocks = t[0].cast<std::vector<Tensor>>();
       lin.types = t[1].cast<std::vector<int64_t>>(), lin.outs = t[2].cast<std::vector<int64_t>>();
       lin.in = t[3].cast<int64_t>();
-      for (int64_t type : lin.types) TORCH_CHECK(gq::is_native(type), "ggml type ", type, " has no native kernel");
+      for (int64_t type : lin.types) gq::check_row(type, lin.in);  // a type with a kernel, whole blocks a row
       return lin;
     }
     static const c10::FunctionSchema& schema =
@@ -653,7 +653,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quant_dequantize", &gq::dequantize, "raw GGUF block rows (R, row bytes) -> float32 (R, k)");
   m.def("set_isa", &gq::set_isa, "the kernel variant later calls use: auto | avx512 | avx2 | scalar");
   m.def("supported_isas", &gq::supported_isas, "the kernel variants this CPU can run");
-  m.def("native_types", []() { return std::vector<int64_t>{gq::Q4_0, gq::Q4_1, gq::Q8_0}; });
+  m.def("native_types", &gq::native_types, "the ggml types the block GEMM computes on");
   py::class_<LlamaStack>(m, "LlamaStack")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, Tensor, Tensor>())
       .def("add_layer", &LlamaStack::add_layer)

@@ -3,8 +3,9 @@
 A ``BlockTensor`` is a 2-D weight as the file stores it: uint8 rows of blocks (rows = output
 features), memory-mapped from the file where it can be; fused projections stack them by rows
 without copying (``StackedBlocks``). ``BlockLinear`` multiplies with the C++
-block GEMM (engine/csrc/quant_cpu.h: activations quantized per block of 32 as ggml-cpu does, so
-the result is that file's model); ``BlockEmbedding`` dequantizes only the rows a step looks up.
+block GEMM (engine/csrc/quant_cpu.h: activations quantized per block of 32, or of 256 for the K
+formats, as ggml-cpu does, so the result is that file's model); ``BlockEmbedding`` dequantizes only
+the rows a step looks up.
 Both need the C++ kernels; the engine keeps a file quantized only when they load
 (engine/llm_engine.py), otherwise it dequantizes to float32 as before.
 """
@@ -19,8 +20,13 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 from torch import nn
 
-# ggml types the C++ kernels compute on directly; others are dequantized at load.
-NATIVE_TYPES = frozenset({GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0})
+# ggml types the C++ kernels compute on directly (engine/csrc/quant_formats.h); others are
+# dequantized at load. A Q4_K_M file is Q4_K and Q6_K, with Q5_0 (or Q5_1, Q8_0) for the tensors
+# whose rows are not whole K blocks of 256.
+NATIVE_TYPES = frozenset({
+    GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q5_1,
+    GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q5_K, GGMLQuantizationType.Q6_K,
+})
 
 
 @dataclass

@@ -9,19 +9,27 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
-from gguf.quants import dequantize, quantize
+from gguf.quants import Q4_K, dequantize, quantize
 
 from engine.layers import cpu_kernels
+from engine.layers.blocks import NATIVE_TYPES
+from tests.tiny_models import random_kquant_blocks
 
 kernels = cpu_kernels.load()
 pytestmark = pytest.mark.skipif(kernels is None, reason="the C++ kernels could not be built here")
 
 ISAS = kernels.supported_isas() if kernels is not None else []
-FORMATS = [Q.Q8_0, Q.Q4_0, Q.Q4_1]
+FORMATS = [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1]
+K_FORMATS = [Q.Q4_K, Q.Q5_K, Q.Q6_K]  # super-blocks of 256, against Q8_K activations
 _BLOCKS = {
     Q.Q8_0: np.dtype([("d", "<f2"), ("qs", "i1", 32)]),
     Q.Q4_0: np.dtype([("d", "<f2"), ("qs", "u1", 16)]),
     Q.Q4_1: np.dtype([("d", "<f2"), ("m", "<f2"), ("qs", "u1", 16)]),
+    Q.Q5_0: np.dtype([("d", "<f2"), ("qh", "<u4"), ("qs", "u1", 16)]),
+    Q.Q5_1: np.dtype([("d", "<f2"), ("m", "<f2"), ("qh", "<u4"), ("qs", "u1", 16)]),
+    Q.Q4_K: np.dtype([("d", "<f2"), ("dmin", "<f2"), ("scales", "u1", 12), ("qs", "u1", 128)]),
+    Q.Q5_K: np.dtype([("d", "<f2"), ("dmin", "<f2"), ("scales", "u1", 12), ("qh", "u1", 32), ("qs", "u1", 128)]),
+    Q.Q6_K: np.dtype([("ql", "u1", 128), ("qh", "u1", 64), ("scales", "i1", 16), ("d", "<f2")]),
 }
 
 
@@ -37,42 +45,91 @@ def quantize_activations(x: np.ndarray):
     return q, d.astype(np.float16).astype(np.float32), s
 
 
-def reference_matmul(x: np.ndarray, raw: np.ndarray, qtype) -> np.ndarray:
-    """ggml's block dot products in numpy: exact integer sums, float32 scale products."""
-    q, d, s = quantize_activations(x)
-    blocks = raw.view(_BLOCKS[qtype]).reshape(raw.shape[0], -1)  # (N, nb)
-    wd = blocks["d"].astype(np.float32)
+def quantize_activations_k(x: np.ndarray):
+    """ggml's quantize_row_q8_K_ref: per block of 256, the value of largest magnitude (the first)
+    maps to -127: iscale = -127/max, q = min(127, rint(x*iscale)), d = 1/iscale.
+    Returns q (T, nb, 256) int64 and d (T, nb) float32."""
+    xb = x.reshape(x.shape[0], -1, 256).astype(np.float32)
+    top = np.take_along_axis(xb, np.abs(xb).argmax(-1)[..., None], -1)[..., 0]
+    with np.errstate(divide="ignore"):
+        iscale = np.where(top != 0, np.float32(-127) / top, np.float32(0)).astype(np.float32)
+        d = np.where(iscale != 0, np.float32(1) / iscale, np.float32(0)).astype(np.float32)
+    q = np.minimum(127, np.rint(xb * iscale[..., None])).astype(np.int64)
+    return q, d
+
+
+def _unpack(raw: np.ndarray, qtype):
+    """Weight blocks as integers: value = (d sc) q - (dmin mn), sc and mn per group of values.
+    Returns q (N, nb, n) int64, sc and mn (N, nb, groups) int64, d and dmin (N, nb) float32."""
+    b = raw.view(_BLOCKS[qtype]).reshape(raw.shape[0], -1)  # (N, nb)
+    shape = b.shape
+    ones, no_min = np.ones((*shape, 1), np.int64), np.zeros(shape, np.float32)
     if qtype == Q.Q8_0:
-        wq = blocks["qs"].astype(np.int64)
+        return b["qs"].astype(np.int64), ones, 0 * ones, b["d"].astype(np.float32), no_min
+    if qtype in (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1):
+        nib = b["qs"].astype(np.int64)
+        q = np.concatenate([nib & 15, nib >> 4], axis=-1)  # values 0..15, the file's order
+        if qtype in (Q.Q5_0, Q.Q5_1):  # bit i of qh: value i's fifth bit
+            q = q | (((b["qh"].astype(np.int64)[..., None] >> np.arange(32)) & 1) << 4)
+        q = q - {Q.Q4_0: 8, Q.Q5_0: 16}.get(qtype, 0)
+        if qtype in (Q.Q4_1, Q.Q5_1):  # + m: a min of 1 times -m
+            return q, ones, ones, b["d"].astype(np.float32), -b["m"].astype(np.float32)
+        return q, ones, 0 * ones, b["d"].astype(np.float32), no_min
+    if qtype == Q.Q6_K:
+        ql, qh = b["ql"].astype(np.int64).reshape(*shape, 2, 64), b["qh"].astype(np.int64).reshape(*shape, 2, 32)
+        lo = np.concatenate([ql[..., :32] & 15, ql[..., 32:] & 15, ql[..., :32] >> 4, ql[..., 32:] >> 4], axis=-1)
+        hi = (qh[..., None, :] >> np.array([0, 2, 4, 6])[:, None]) & 3  # (.., 2, 4, 32)
+        q = (lo | (hi.reshape(*shape, 2, 128) << 4)).reshape(*shape, 256) - 32
+        sc = b["scales"].astype(np.int64)
+        return q, sc, 0 * sc, b["d"].astype(np.float32), no_min
+    sc, mn = Q4_K.get_scale_min(b["scales"].reshape(-1, 12))  # gguf's reading of the 6-bit scales
+    nib = b["qs"].astype(np.int64).reshape(*shape, 4, 1, 32)
+    q = np.concatenate([nib & 15, nib >> 4], axis=-2).reshape(*shape, 256)  # sub-block 2c low, 2c+1 high
+    if qtype == Q.Q5_K:  # bit j of qh[l]: the fifth bit of sub-block j's value l
+        q = q | ((((b["qh"].astype(np.int64)[..., None, :] >> np.arange(8)[:, None]) & 1) << 4).reshape(*shape, 256))
+    return (q, sc.reshape(*shape, 8).astype(np.int64), mn.reshape(*shape, 8).astype(np.int64),
+            b["d"].astype(np.float32), b["dmin"].astype(np.float32))
+
+
+def reference_matmul(x: np.ndarray, raw: np.ndarray, qtype) -> np.ndarray:
+    """ggml's block dot products in numpy: exact integer sums, float32 scale products.
+    Returns the product (T, N) and the sum of the magnitudes of its terms."""
+    wq, sc, mn, wd, wdmin = _unpack(raw, qtype)
+    size = wq.shape[-1] // sc.shape[-1]  # values per scale
+    if qtype in K_FORMATS:
+        q, d = quantize_activations_k(x)
+        xsum = q.reshape(*q.shape[:2], -1, size).sum(-1)  # what ggml reads from the 16-sums
+        mins = np.einsum("tbg,nbg->tnb", xsum, mn).astype(np.float32)
     else:
-        nib = blocks["qs"].astype(np.int64)
-        wq = np.concatenate([nib & 15, nib >> 4], axis=-1)  # values 0..15, the file's order
-        if qtype == Q.Q4_0:
-            wq = wq - 8
-    sumi = np.einsum("tbj,nbj->tnb", q, wq).astype(np.float32)  # exact: |values| < 2^24
-    terms = (wd[None] * d[:, None]) * sumi
-    if qtype == Q.Q4_1:
-        terms = terms + blocks["m"].astype(np.float32)[None] * s[:, None]
+        q, d, s = quantize_activations(x)
+        mins = s[:, None]  # Q8_1's s = fp16(d sum(q)), which meets the min
+    prods = np.einsum("tbgj,nbgj->tnbg", q.reshape(*q.shape[:2], -1, size), wq.reshape(*wq.shape[:2], -1, size))
+    sumi = np.einsum("tnbg,nbg->tnb", prods, sc).astype(np.float32)  # exact before: |sums| < 2^31
+    dmin = wdmin[None] * d[:, None] if qtype in K_FORMATS else wdmin[None]  # Q8_1's s holds d already
+    terms = (wd[None] * d[:, None]) * sumi - dmin * mins
     return terms.astype(np.float64).sum(-1), np.abs(terms).astype(np.float64).sum(-1)
 
 
 def random_weights(qtype, n, k, rng):
+    if qtype in K_FORMATS:
+        return random_kquant_blocks(n * k, qtype, rng).reshape(n, -1)
     w = rng.standard_normal((n, k)).astype(np.float32) * 0.05
     w[:, :32] += 0.02  # a block with a non-zero mean (Q4_1's min term)
     return np.ascontiguousarray(quantize(w, qtype))
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", FORMATS + K_FORMATS, ids=lambda t: t.name)
 @pytest.mark.parametrize("num_tokens", [1, 3, 16, 33])
 def test_block_matmul(isa, qtype, num_tokens):
     rng = np.random.default_rng(int(qtype) * 100 + num_tokens)
-    n, k = 37, 256  # 37 rows: whole 4-row tiles and a remainder
+    n, k = 37, 512  # 37 rows: whole 4-row tiles and a remainder; two K super-blocks
+    block = 256 if qtype in K_FORMATS else 32
     raw = random_weights(qtype, n, k, rng)
     x = rng.standard_normal((num_tokens, k)).astype(np.float32)
     x[0, 5] = 30.0  # an outlier: its block's other values get few levels
     if num_tokens > 1:
-        x[1, 64:96] = 0.0  # an all-zero block (scale 0)
+        x[1, 256:512] = 0.0  # an all-zero block (scale 0)
     got = kernels.quant_matmul(torch.from_numpy(x), torch.from_numpy(raw), int(qtype), n, k, isa).numpy()
     # the same integer arithmetic as ggml: equal up to the order the block terms are added in
     want, magnitude = reference_matmul(x, raw, qtype)
@@ -81,17 +138,36 @@ def test_block_matmul(isa, qtype, num_tokens):
     # each value moves by at most half a step (amax/254) plus fp16 rounding of the scale
     w = dequantize(raw, qtype).astype(np.float64)
     exact = x.astype(np.float64) @ w.T
-    step = np.abs(x).reshape(num_tokens, -1, 32).max(-1) / 254
-    bound = (np.repeat(step, 32, axis=1) + 1e-3 * np.abs(x)) @ np.abs(w).T + 1e-5
+    step = np.abs(x).reshape(num_tokens, -1, block).max(-1) / 254
+    bound = (np.repeat(step, block, axis=1) + 1e-3 * np.abs(x)) @ np.abs(w).T + 1e-5
     np.testing.assert_array_less(np.abs(got - exact), bound)
-    assert np.abs(got - exact).max() < 0.05 * np.abs(exact).max()
+    # (256 values share the outlier's scale in a K block: coarser steps for the rest)
+    assert np.abs(got - exact).max() < (0.05 if block == 32 else 0.1) * np.abs(exact).max()
 
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+@pytest.mark.parametrize("isa", ISAS)
+def test_one_call_mixes_formats(isa):
+    """A Q4_K_M file's fused q/k/v: Q4_K beside Q6_K, and a Q8_0 part that needs the other
+    activations (Q8_0 per 32, Q8_K per 256): each part as if it were alone."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.standard_normal((5, 256)).astype(np.float32))
+    parts = [(Q.Q4_K, 8), (Q.Q6_K, 5), (Q.Q8_0, 4), (Q.Q4_K, 3)]
+    raws = [torch.from_numpy(random_weights(t, n, 256, rng)) for t, n in parts]
+    try:
+        kernels.set_isa(isa)
+        got = kernels.quant_matmul_parts(x, raws, [int(t) for t, _ in parts], [n for _, n in parts], 256)
+    finally:
+        kernels.set_isa("auto")
+    alone = [kernels.quant_matmul(x, raw, int(t), n, 256, isa) for raw, (t, n) in zip(raws, parts)]
+    torch.testing.assert_close(got, torch.cat(alone, dim=1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("qtype", FORMATS + K_FORMATS, ids=lambda t: t.name)
 def test_dequantize_rows_matches_gguf(qtype):
     rng = np.random.default_rng(1)
-    raw = random_weights(qtype, 9, 96, rng)
-    got = kernels.quant_dequantize(torch.from_numpy(raw), int(qtype), 96).numpy()
+    k = 512 if qtype in K_FORMATS else 96
+    raw = random_weights(qtype, 9, k, rng)
+    got = kernels.quant_dequantize(torch.from_numpy(raw), int(qtype), k).numpy()
     np.testing.assert_array_equal(got, dequantize(raw, qtype))
 
 
@@ -105,9 +181,16 @@ def test_variants_agree_and_bad_input_is_refused():
     with pytest.raises(RuntimeError, match="expected"):
         kernels.quant_matmul(x, raw[:, :-1], int(Q.Q4_1), 8, 64)
     with pytest.raises(RuntimeError, match="native kernel"):
-        kernels.quant_matmul(x, raw, int(Q.Q6_K), 8, 64)
+        kernels.quant_matmul(x, raw, int(Q.Q3_K), 8, 64)
+    # K formats hold 256 values a block: a row of 640 (Gemma 3 270M's hidden size) is no whole number of them
+    with pytest.raises(RuntimeError, match="not a multiple of 256"):
+        kernels.quant_matmul(torch.zeros(1, 640), torch.zeros(8, 360, dtype=torch.uint8), int(Q.Q4_K), 8, 640)
     with pytest.raises(RuntimeError, match="unknown CPU ISA"):
         kernels.quant_matmul(x, raw, int(Q.Q4_1), 8, 64, "sse9")
+
+
+def test_the_engine_keeps_as_blocks_what_the_kernels_compute_on():
+    assert {Q(t) for t in kernels.native_types()} == NATIVE_TYPES == set(FORMATS + K_FORMATS)
 
 
 def test_set_isa_chooses_the_variant_later_calls_use():

@@ -19,7 +19,7 @@ from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.layers import blocks as blocks_module
 from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor
 from engine.layers.cpu_kernels import load
-from engine.loader.gguf import load_gguf
+from engine.loader.gguf import hf_tensor_name, load_gguf, read_gguf
 from tests.engine.test_quant import prompt_logprobs
 from tests.engine.test_quant_kernels import reference_matmul
 from tests.tiny_models import write_tiny_gguf
@@ -29,11 +29,23 @@ pytestmark = pytest.mark.skipif(load() is None, reason="the C++ kernels could no
 PROMPTS = [[5, 17, 33, 2, 99], list(range(3, 40)), [7, 7, 300, 12]]
 
 
-@pytest.fixture(scope="module", params=["Q4_1", "Q4_0", "Q8_0"])
+# file name → how tests/tiny_models.py writes it: token embeddings tied to the output, like
+# SmolLM2's file (one format in the layers, Q8_0 token embeddings) or a Llama Q4_K_M file (Q4_K,
+# Q6_K for v, down and the token embeddings; K blocks hold 256 values, hence the wider layers).
+FILES = {
+    "Q4_1": dict(qtype="Q4_1", embed_qtype="Q8_0"),
+    "Q4_0": dict(qtype="Q4_0", embed_qtype="Q8_0"),
+    "Q8_0": dict(qtype="Q8_0", embed_qtype="Q8_0"),
+    "Q5_0": dict(qtype="Q5_0", embed_qtype="Q8_0"),
+    "Q4_K_M": dict(qtype="Q4_K", embed_qtype="Q6_K", qtype_overrides={"v_proj": "Q6_K", "down_proj": "Q6_K"},
+                   hidden_size=256, intermediate_size=512),
+}
+
+
+@pytest.fixture(scope="module", params=list(FILES))
 def quantized_gguf(request, tmp_path_factory) -> str:
-    """Like SmolLM2's file: one format in the layers, Q8_0 token embeddings tied to the output."""
     path = str(tmp_path_factory.mktemp("q") / f"tiny-{request.param}.gguf")
-    return write_tiny_gguf(path, qtype=request.param, embed_qtype="Q8_0", tie_word_embeddings=True, seed=3)
+    return write_tiny_gguf(path, tie_word_embeddings=True, seed=3, **FILES[request.param])
 
 
 def _generate(engine, params):
@@ -43,14 +55,14 @@ def _generate(engine, params):
 def test_loader_keeps_blocks_and_undoes_the_qk_permutation_on_rows(quantized_gguf):
     _, blocks = load_gguf(quantized_gguf, keep_quantized=True)
     _, floats = load_gguf(quantized_gguf)
-    qtype = Q[os.path.basename(quantized_gguf)[5:-5]]
+    file_types = {hf_tensor_name(t.name): t.tensor_type for t in read_gguf(quantized_gguf).tensors}
     for name, value in blocks.items():
         if floats[name].dim() == 1:
             assert isinstance(value, torch.Tensor) and value.dtype == torch.float32  # norms
             continue
         assert isinstance(value, BlockTensor), name
         assert value.raw.dtype == torch.uint8
-        assert value.qtype == (Q.Q8_0 if name == "model.embed_tokens.weight" else qtype)
+        assert value.qtype == file_types[name]
         # q/k rows moved as whole block rows: the same matrix as dequantize-then-unpermute
         np.testing.assert_array_equal(value.dequantize().numpy(), floats[name].numpy())
 
@@ -61,7 +73,7 @@ def test_default_engine_computes_on_the_blocks(quantized_gguf):
     assert engine.keeps_file_quantization and model.cpu_stack is not None
     assert isinstance(model.embed_tokens, BlockEmbedding)
     [head] = model.lm_head.parts
-    assert isinstance(model.lm_head, BlockLinear) and head.qtype == Q.Q8_0
+    assert isinstance(model.lm_head, BlockLinear) and head.qtype == model.embed_tokens.qtype
     assert head.raw.data_ptr() == model.embed_tokens.blocks.data_ptr()  # tied: one copy
     for layer in model.layers:
         for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
