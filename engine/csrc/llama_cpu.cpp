@@ -638,7 +638,8 @@ class LlamaStack {
         for_each_run(table, first, len, block_size, [&](int64_t slot, int64_t j, int64_t count) {
           for (int64_t off = 0; off < count; ++off) {
             const T* row = vc + (slot + off) * slot_stride;
-            for (int64_t h = 0; h < Hq; ++h) axpy(scores[h * max_len + j + off], row + (h / G) * D, acc.data() + h * D, D);
+            for (int64_t h = 0; h < Hq; ++h)
+              axpy(scores[h * max_len + j + off], row + (h / G) * D, acc.data() + h * D, D);
           }
         });
         std::copy(acc.begin(), acc.end(), out + b * out_stride);

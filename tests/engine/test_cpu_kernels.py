@@ -40,8 +40,9 @@ def test_decode_attention_matches_sdpa(num_heads, num_kv_heads, head_dim, block_
         torch.testing.assert_close(got[b], want, atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 24])  # the AVX2 decode path, the generic one
-def test_windowed_softcapped_attention_matches_the_python_path(head_dim):
+def test_windowed_softcapped_attention_matches_the_python_path(head_dim, dtype):
     """Gemma's attention: a sliding window (the blocks before it skipped, the first entered part
     way), soft-capped scores and a scale other than head_dim's, for decodes and for prefill chunks
     (one longer than a key tile), against the Python path's paged_attention."""
@@ -51,7 +52,7 @@ def test_windowed_softcapped_attention_matches_the_python_path(head_dim):
     chunks = [(5, 5), (3, 20), (70, 90)]  # (num_new, num_context)
     contexts = decode_lens + [ctx for _, ctx in chunks]
     num_blocks = sum(-(-ctx // block_size) for ctx in contexts)
-    pool = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=gen)
+    pool = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=gen).to(dtype)
     order, tables = torch.randperm(num_blocks, generator=gen), []
     for ctx in contexts:
         tables.append(order[: -(-ctx // block_size)])
@@ -68,7 +69,7 @@ def test_windowed_softcapped_attention_matches_the_python_path(head_dim):
         start += num_new
     slot_mapping = torch.tensor(slots)
     q = torch.randn(start, num_heads, head_dim, generator=gen) * 3  # scores large enough for the cap to bite
-    k, v = (pool[i].view(-1, num_kv_heads, head_dim)[slot_mapping] for i in range(2))  # already in the pool
+    k, v = (pool[i].view(-1, num_kv_heads, head_dim)[slot_mapping].float() for i in range(2))  # already in the pool
     max_blocks = max(len(t) for t in tables[:B])
     decode_tables = torch.stack([F.pad(t, (0, max_blocks - len(t))) for t in tables[:B]])
     lens = torch.tensor(decode_lens)
