@@ -17,7 +17,7 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.layers.attention import AttentionMetadata
 from engine.layers import cpu_kernels
 from engine.layers.blocks import BlockTensor
-from engine.layers.cpu_kernels import build_llama_stack
+from engine.layers.cpu_stack import build_cpu_stack
 from engine.layers.quant import CALIBRATION_TEXT, quantize_int8
 from engine.loader import default_model_path, load_checkpoint
 from engine.loader.weights_format import weights_format
@@ -114,7 +114,7 @@ class LLMEngine:
         if config.quantization == "int8":
             self.model = quantize_int8(self.model, self.device, self._calibration_forward)
         if config.cpu_kernels and self.device.type == "cpu":
-            self.model.cpu_stack = build_llama_stack(self.model)
+            self.model.cpu_stack = build_cpu_stack(self.model)
         logger.info("decoder layers: %s; weights: %s", "C++ (engine/csrc/llama_cpu.cpp)"
                     if self.model.cpu_stack is not None else "Python", self.weight_formats)
         self.kv_dtype = torch.float16 if config.kv_cache_dtype == "float16" else self.dtype

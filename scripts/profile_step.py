@@ -81,7 +81,7 @@ CATEGORIES = [
                              "masked_select", "take")),
     ("sampling", ("argmax", "topk", "sort", "multinomial", "cumsum", "exponential", "argsort", "max")),
     ("element-wise, norms, rotary", ("mul", "add", "sub", "div", "rsqrt", "pow", "mean", "silu", "sigmoid",
-                                     "neg", "cat", "exp", "where", "sum", "masked_fill",
+                                     "activate", "neg", "cat", "exp", "where", "sum", "masked_fill",
                                      "lt", "gt", "le", "ge", "eq", "ne", "embedding", "sin", "cos", "sqrt", "norm")),
     ("copies, views, allocation", ("copy", "to", "empty", "zeros", "ones", "full", "clone", "contiguous",
                                    "view", "reshape", "slice", "select", "transpose", "permute", "expand",

@@ -10,7 +10,7 @@
 // transposed, one V tile, scores, outputs), about 100 KB at head_dim 64.
 //
 // Included by llama_cpu.cpp inside its namespace, after its vector helpers (hsum, exp8,
-// exp_inplace, load8); this file includes nothing itself.
+// exp_inplace, load8, softcap_inplace); this file includes nothing itself.
 
 namespace prefill {
 
@@ -26,6 +26,9 @@ struct Chunk {
 
 struct Shape {
   int64_t num_heads, num_kv_heads, head_dim, block_size, slot_stride;  // slot_stride = Hkv * D
+  float scale;     // of the scores
+  float softcap;   // scores -> softcap * tanh(scores / softcap); 0: none
+  int64_t window;  // a query at p sees keys p - window + 1 .. p; 0: keys 0 .. p
 };
 
 // Per-thread scratch.
@@ -190,20 +193,23 @@ inline void for_rows(int64_t M, int64_t D, const float* kt, const float* v, int6
 }
 
 // Online softmax over one key tile: per query vector m (at position pos[m]) the valid keys are
-// c0 .. min(c0 + nc, pos[m] + 1) - 1; scores become probabilities relative to the new running
-// max, alpha rescales what the earlier tiles summed.
-inline void softmax_tile(int64_t M, const int64_t* pos, int64_t c0, int64_t nc, Scratch& w) {
+// c0 + lo .. min(c0 + nc, pos[m] + 1) - 1, lo > 0 where a sliding window ends before the tile's
+// start; scores become probabilities relative to the new running max, alpha rescales what the
+// earlier tiles summed.
+inline void softmax_tile(int64_t M, const int64_t* pos, int64_t c0, int64_t nc, const Shape& sh, Scratch& w) {
   for (int64_t m = 0; m < M; ++m) {
     float* s = w.s.data() + m * kKeys;
     const int64_t valid = std::min(nc, pos[m] - c0 + 1);
-    if (valid <= 0) {  // every key of this tile lies after this query
+    const int64_t lo = sh.window ? std::max<int64_t>(0, pos[m] - sh.window + 1 - c0) : 0;
+    if (valid <= lo) {  // every key of this tile lies after this query, or before its window
       std::fill(s, s + nc, 0.f);
       w.alpha[m] = 1.f;
       continue;
     }
+    softcap_inplace(s + lo, valid - lo, sh.softcap);
     float mx = w.max[m], total = 0.f;
 #ifdef GPTSERVE_FAST_ATTENTION
-    if (valid == kKeys) {  // a whole tile, no mask: the common case, in vector registers
+    if (valid == kKeys && lo == 0) {  // a whole tile, no mask: the common case, in vector registers
       __m256 mv = _mm256_set1_ps(mx);
       for (int64_t j = 0; j < kKeys; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + j));
       mx = hmax(mv);
@@ -218,11 +224,12 @@ inline void softmax_tile(int64_t M, const int64_t* pos, int64_t c0, int64_t nc, 
     } else
 #endif
     {
-      for (int64_t j = 0; j < valid; ++j) mx = std::max(mx, s[j]);
-      for (int64_t j = 0; j < valid; ++j) s[j] -= mx;
-      exp_inplace(s, valid);
+      for (int64_t j = lo; j < valid; ++j) mx = std::max(mx, s[j]);
+      for (int64_t j = lo; j < valid; ++j) s[j] -= mx;
+      exp_inplace(s + lo, valid - lo);
+      std::fill(s, s + lo, 0.f);
       std::fill(s + valid, s + nc, 0.f);
-      for (int64_t j = 0; j < valid; ++j) total += s[j];
+      for (int64_t j = lo; j < valid; ++j) total += s[j];
     }
     const float alpha = std::exp(w.max[m] - mx);  // 0 on the first tile (max was -inf)
     w.alpha[m] = alpha;
@@ -238,7 +245,7 @@ struct Task {
 // One task: query rows row0 .. row1 - 1 of chunk c, the G query heads of KV head g.
 template <typename T>
 void run_task(const Task& t, const Chunk& c, const Shape& sh, const T* kc, const T* vc, const float* q,
-              int64_t q_stride, float* out, int64_t out_stride, float sm_scale, Scratch& w,
+              int64_t q_stride, float* out, int64_t out_stride, Scratch& w,
               std::vector<int64_t>& pos) {
   const int64_t D = sh.head_dim, G = sh.num_heads / sh.num_kv_heads;
   const int64_t M = (t.row1 - t.row0) * G;  // query vectors: row-major over (row, head in group)
@@ -247,18 +254,19 @@ void run_task(const Task& t, const Chunk& c, const Shape& sh, const T* kc, const
     for (int64_t hh = 0; hh < G; ++hh) {
       const int64_t m = (r - t.row0) * G + hh;
       const float* src = q + (c.start + r) * q_stride + (t.kv_head * G + hh) * D;
-      for (int64_t d = 0; d < D; ++d) w.q[m * D + d] = src[d] * sm_scale;
+      for (int64_t d = 0; d < D; ++d) w.q[m * D + d] = src[d] * sh.scale;
       pos[m] = p0 + r;
     }
   std::fill(w.o.begin(), w.o.begin() + M * D, 0.f);
   std::fill(w.max.begin(), w.max.begin() + M, -std::numeric_limits<float>::infinity());
   std::fill(w.sum.begin(), w.sum.begin() + M, 0.f);
   const int64_t end = p0 + t.row1;  // keys the last row sees
-  for (int64_t c0 = 0; c0 < end; c0 += kKeys) {
+  const int64_t begin = sh.window ? std::max<int64_t>(0, p0 + t.row0 - sh.window + 1) : 0;  // the first row's first
+  for (int64_t c0 = begin; c0 < end; c0 += kKeys) {
     const int64_t nc = std::min(kKeys, end - c0);
     load_tile(kc, vc, c, sh, t.kv_head * D, c0, nc, w.kt.data(), w.v.data());
     for_rows(M, D, w.kt.data(), w.v.data(), nc, w, /*scores=*/true);
-    softmax_tile(M, pos.data(), c0, nc, w);
+    softmax_tile(M, pos.data(), c0, nc, sh, w);
     for_rows(M, D, w.kt.data(), w.v.data(), nc, w, /*scores=*/false);
   }
   for (int64_t r = t.row0; r < t.row1; ++r)
@@ -271,7 +279,8 @@ void run_task(const Task& t, const Chunk& c, const Shape& sh, const T* kc, const
 }
 
 // Every chunk's queries (rows of q, head h at column h * D) attend causally over their sequence's
-// cached keys; results go to the same rows and columns of out. cache (2, blocks, block_size, Hkv, D).
+// cached keys (within sh.window of them); results go to the same rows and columns of out.
+// cache (2, blocks, block_size, Hkv, D).
 template <typename T>
 void attend(const float* q, int64_t q_stride, const Tensor& cache, const std::vector<Chunk>& chunks, const Shape& sh,
             float* out, int64_t out_stride) {
@@ -284,14 +293,14 @@ void attend(const float* q, int64_t q_stride, const Tensor& cache, const std::ve
     for (int64_t g = 0; g < sh.num_kv_heads; ++g)
       for (int64_t r0 = 0; r0 < c.num_new; r0 += rows_per_task) {
         const int64_t r1 = std::min(c.num_new, r0 + rows_per_task);
-        tasks.push_back({i, g, r0, r1, (r1 - r0) * (p0 + r1)});
+        const int64_t keys = sh.window ? std::min(p0 + r1, sh.window + r1 - r0) : p0 + r1;
+        tasks.push_back({i, g, r0, r1, (r1 - r0) * keys});
       }
   }
   // longest first, then whichever thread is free takes the next: the causal tiles differ in cost
   std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
   const T* kc = cache[0].data_ptr<T>();
   const T* vc = cache[1].data_ptr<T>();
-  const float sm_scale = 1.f / std::sqrt(static_cast<float>(D));
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
   std::atomic<int64_t> next{0};
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_tasks);
@@ -299,7 +308,7 @@ void attend(const float* q, int64_t q_stride, const Tensor& cache, const std::ve
     Scratch w(rows_per_task * G, D);
     std::vector<int64_t> pos(rows_per_task * G);
     for (int64_t i = next.fetch_add(1); i < num_tasks; i = next.fetch_add(1))
-      run_task<T>(tasks[i], chunks[tasks[i].chunk], sh, kc, vc, q, q_stride, out, out_stride, sm_scale, w, pos);
+      run_task<T>(tasks[i], chunks[tasks[i].chunk], sh, kc, vc, q, q_stride, out, out_stride, w, pos);
   });
 }
 

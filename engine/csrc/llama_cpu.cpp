@@ -1,6 +1,12 @@
-// The Llama decoder stack on the CPU in one C++ call: what engine/models/llama.py does layer by
-// layer in Python, without ~600 Python-dispatched torch ops a step, and with attention for the
-// decoding and prefilling tokens read straight out of the paged KV pool (no gathered copy, no padding).
+// The decoder stack on the CPU in one C++ call: what engine/models/llama.py (and gemma3.py, gpt2.py)
+// do layer by layer in Python, without ~600 Python-dispatched torch ops a step, and with attention
+// for the decoding and prefilling tokens read straight out of the paged KV pool (no gathered copy,
+// no padding).
+//
+// One layer loop serves every family; what they differ in is a few switches (Options: LayerNorm or
+// RMSNorm, GELU or SiLU, gated MLP or not, the score scale and soft-cap) and what each layer brings
+// (biases, Gemma's norms on the attention's and the MLP's outputs, q/k norms, a sliding window, its
+// own rotary tables, partial or no rotation).
 //
 // Built on first use by engine/layers/cpu_kernels.py (torch.utils.cpp_extension). Float32
 // activations; the KV cache float32, or float16 (EngineConfig.kv_cache_dtype, converted with F16C).
@@ -55,10 +61,27 @@ struct Linear {
   bool int8() const { return static_cast<bool>(packed); }
 };
 
+// What the families differ in beyond their shapes and weights; the defaults are Llama's.
+struct Options {
+  bool layer_norm = false;  // LayerNorm with a bias (GPT-2), else RMSNorm (Gemma's 1 + w is folded in at load)
+  bool gelu = false;        // tanh-approximate GELU (GPT-2, Gemma's GeGLU), else SiLU
+  bool gated = true;        // act(gate) * up from the fused gate/up projection, else act(up) (GPT-2)
+  double attn_scale = 0;    // the scores' scale; 0: 1 / sqrt(head_dim) (Gemma: query_pre_attn_scalar^-1/2)
+  double softcap = 0;       // scores -> softcap * tanh(scores / softcap) before the softmax (Gemma 2); 0: none
+};
+
+struct Norm {
+  Tensor weight, bias;  // (hidden); bias: LayerNorm's, or undefined
+  bool defined() const { return weight.defined(); }
+};
+
 struct Layer {
-  Tensor input_norm, post_norm;
-  Linear qkv, o, gate_up, down;
-  Tensor q_norm, k_norm;  // (head_dim) Qwen3's per-head RMSNorm of q and k, or undefined
+  Norm attn_norm, mlp_norm;          // before the attention, before the MLP
+  Norm attn_out_norm, mlp_out_norm;  // Gemma: on the attention's and the MLP's outputs, or undefined
+  Linear qkv, o, up, down;           // up: gate and up fused (gated MLP), or up alone
+  Tensor q_norm, k_norm;  // (head_dim) Qwen3's and Gemma 3's per-head RMSNorm of q and k, or undefined
+  Tensor cos, sin;        // (positions, rotary_dim): rotary_dim <= head_dim leading dims turn; 0: none
+  int64_t window = 0;     // a sliding window: attend to the last `window` positions only; 0: every position
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -222,6 +245,23 @@ inline void softmax_inplace(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
+// scores -> cap * tanh(scores / cap) (Gemma 2's attention soft-cap); cap 0: unchanged
+inline void softcap_inplace(float* x, int64_t n, float cap) {
+  if (cap == 0.f) return;
+  const float inv = 1.f / cap;
+  for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] * inv);
+}
+
+// A sequence's cached positions first .. len - 1, one block at a time: f(slot of the run's first
+// position, its index counted from first, positions in the run).
+template <typename F>
+inline void for_each_run(const int64_t* table, int64_t first, int64_t len, int64_t block_size, F&& f) {
+  for (int64_t blk = first / block_size; blk * block_size < len; ++blk) {
+    const int64_t lo = std::max(first, blk * block_size), hi = std::min(len, (blk + 1) * block_size);
+    f(table[blk] * block_size + lo - blk * block_size, lo - first, hi - lo);
+  }
+}
+
 #include "attention_prefill.h"  // prefill::attend, over the helpers above
 
 inline float absmax(const float* p, int64_t n) {
@@ -231,22 +271,36 @@ inline float absmax(const float* p, int64_t n) {
   return m;
 }
 
-// out = rmsnorm(x) * w, then (int8) divided by its absolute maximum, kept in scale.
-void rmsnorm_rows(const Tensor& x, const Tensor& w, double eps, Tensor& out, Tensor& scale, bool per_token) {
-  RECORD_FUNCTION("gptserve::rmsnorm", c10::ArrayRef<const c10::IValue>{});
+// out = rmsnorm(x) * w, or layernorm(x) * w + b, then (int8) divided by its absolute maximum, kept in scale.
+void norm_rows(const Tensor& x, const Norm& norm, bool layer_norm, double eps, Tensor& out, Tensor& scale,
+               bool per_token) {
+  RECORD_FUNCTION("gptserve::norm", c10::ArrayRef<const c10::IValue>{});
   const int64_t T = x.size(0), H = x.size(1);
   const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
+  const float* wp = norm.weight.data_ptr<float>();
+  const float* bp = norm.bias.defined() ? norm.bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   float* sp = per_token ? scale.data_ptr<float>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
     const float* xr = xp + t * H;
     float* orow = op + t * H;
-    float ss = 0.f;
+    if (layer_norm) {  // two passes, as torch's LayerNorm (mean, then the variance about it)
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < H; ++i) sum += xr[i];
+      const float mean = sum / H;
+      float var = 0.f;
+#pragma omp simd reduction(+ : var)
+      for (int64_t i = 0; i < H; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+      const float r = 1.f / std::sqrt(var / H + static_cast<float>(eps));
+      for (int64_t i = 0; i < H; ++i) orow[i] = (xr[i] - mean) * r * wp[i] + (bp ? bp[i] : 0.f);
+    } else {
+      float ss = 0.f;
 #pragma omp simd reduction(+ : ss)
-    for (int64_t i = 0; i < H; ++i) ss += xr[i] * xr[i];
-    const float r = 1.f / std::sqrt(ss / H + static_cast<float>(eps));
-    for (int64_t i = 0; i < H; ++i) orow[i] = xr[i] * r * wp[i];
+      for (int64_t i = 0; i < H; ++i) ss += xr[i] * xr[i];
+      const float r = 1.f / std::sqrt(ss / H + static_cast<float>(eps));
+      for (int64_t i = 0; i < H; ++i) orow[i] = xr[i] * r * wp[i];
+    }
     if (per_token) {
       const float s = std::max(absmax(orow, H), 1e-6f);
       for (int64_t i = 0; i < H; ++i) orow[i] /= s;
@@ -289,36 +343,50 @@ void residual_add(Tensor& x, const Tensor& y, const Tensor& scale, bool per_toke
 
 class LlamaStack {
  public:
+  // cos, sin: the rotary tables of every layer that brings none of its own.
   LlamaStack(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t hidden, int64_t intermediate,
-             double eps, Tensor cos, Tensor sin)
+             double eps, Tensor cos, Tensor sin, Options options)
       : num_heads_(num_heads), num_kv_heads_(num_kv_heads), head_dim_(head_dim), hidden_(hidden),
-        intermediate_(intermediate), eps_(eps), cos_(cos.contiguous()), sin_(sin.contiguous()) {
-    TORCH_CHECK(cos_.scalar_type() == at::kFloat && cos_.size(1) == head_dim, "cos table: float32 (P, head_dim)");
+        intermediate_(intermediate), eps_(eps), opts_(options), cos_(cos.contiguous()), sin_(sin.contiguous()) {
+    check_rotary(cos_, sin_);
+    if (opts_.attn_scale == 0) opts_.attn_scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   }
 
   // Linears are given as (float weight, bias), (packed int8 ScriptObject, bias) or
-  // (([uint8 blocks], [ggml type], [out], in), bias): the parts stacked by rows.
-  void add_layer(Tensor input_norm, Tensor post_norm, py::object qkv, py::object qkv_bias, py::object o,
-                 py::object gate_up, py::object down) {
+  // (([uint8 blocks], [ggml type], [out], in), bias): the parts stacked by rows. Norms as their
+  // weight (RMSNorm) or (weight, bias) (LayerNorm); None where the layer has none.
+  void add_layer(py::object attn_norm, py::object qkv, py::object o, py::object mlp_norm, py::object up,
+                 py::object down, py::object q_norm, py::object k_norm, py::object attn_out_norm,
+                 py::object mlp_out_norm, c10::optional<Tensor> cos, c10::optional<Tensor> sin, int64_t window) {
     Layer layer;
-    layer.input_norm = input_norm.contiguous();
-    layer.post_norm = post_norm.contiguous();
-    layer.qkv = make_linear(qkv, qkv_bias);
-    layer.o = make_linear(o, py::none());
-    layer.gate_up = make_linear(gate_up, py::none());
-    layer.down = make_linear(down, py::none());
+    layer.attn_norm = make_norm(attn_norm);
+    layer.mlp_norm = make_norm(mlp_norm);
+    layer.attn_out_norm = make_norm(attn_out_norm);
+    layer.mlp_out_norm = make_norm(mlp_out_norm);
+    layer.qkv = make_linear(qkv);
+    layer.o = make_linear(o);
+    layer.up = make_linear(up);
+    layer.down = make_linear(down);
+    layer.q_norm = make_norm(q_norm).weight;
+    layer.k_norm = make_norm(k_norm).weight;
+    TORCH_CHECK(layer.q_norm.defined() == layer.k_norm.defined(), "q and k norms: both or neither");
+    TORCH_CHECK(!layer.q_norm.defined() || (layer.q_norm.numel() == head_dim_ && layer.k_norm.numel() == head_dim_),
+                "q/k norm: (head_dim)");
+    layer.cos = cos ? cos->contiguous() : cos_;
+    layer.sin = sin ? sin->contiguous() : sin_;
+    check_rotary(layer.cos, layer.sin);
+    TORCH_CHECK(window >= 0, "window: 0 (none) or a number of positions");
+    layer.window = window;
     TORCH_CHECK(layers_.empty() || layers_[0].qkv.int8() == layer.qkv.int8(), "all layers int8 or none");
+    // int8 scales rows back inside the Llama block's steps (and adds no bias but q/k/v's)
+    TORCH_CHECK(!layer.qkv.int8() || (!opts_.layer_norm && !layer.attn_out_norm.defined() &&
+                                      !layer.mlp_out_norm.defined() && !layer.o.bias.defined() &&
+                                      !layer.up.bias.defined() && !layer.down.bias.defined()),
+                "int8 layers: the Llama family's block only");
     layers_.push_back(std::move(layer));
   }
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
-
-  // Qwen3: RMSNorm each q and k head (weights of head_dim) before the rotation, in the last layer added.
-  void set_qk_norm(Tensor q_norm, Tensor k_norm) {
-    TORCH_CHECK(!layers_.empty() && q_norm.numel() == head_dim_ && k_norm.numel() == head_dim_, "q/k norm: (head_dim)");
-    layers_.back().q_norm = q_norm.contiguous();
-    layers_.back().k_norm = k_norm.contiguous();
-  }
 
   // x (T, hidden) embedded tokens -> (T, hidden) before the final norm. The first num_decode
   // tokens are decodes (one per sequence); prefills[i] = (start, num_new, num_context) with its
@@ -346,35 +414,36 @@ class LlamaStack {
       tables = decode_block_tables.contiguous();
       lens = decode_context_lens.contiguous();
     }
+    const bool ln = opts_.layer_norm;
     for (size_t li = 0; li < layers_.size(); ++li) {
       const Layer& L = layers_[li];
       Tensor cache = kv_caches[li];  // (2, blocks, block_size, Hkv, D)
       // attention block
-      if (li == 0) rmsnorm_rows(x, L.input_norm, eps_, h, scale, per_token);
+      if (li == 0) norm_rows(x, L.attn_norm, ln, eps_, h, scale, per_token);
       Tensor qkv = L.qkv(h).contiguous();  // (T, q + 2kv)
-      post_qkv(qkv, scale, per_token, L.qkv.int8() ? L.qkv.bias : Tensor(), L.q_norm, L.k_norm, positions, cache,
-               slot_mapping);
-      attention(qkv, cache, num_decode, tables, lens, prefills, prefill_tables, attn);
+      post_qkv(qkv, scale, per_token, L, positions, cache, slot_mapping);
+      attention(qkv, cache, L.window, num_decode, tables, lens, prefills, prefill_tables, attn);
       if (per_token) scale_rows(attn, scale);
       Tensor o = L.o(attn);
-      residual_add(x, o, scale, per_token);
-      rmsnorm_rows(x, L.post_norm, eps_, h, scale, per_token);
+      add_output(x, o, L.attn_out_norm, scale, per_token, h);
+      norm_rows(x, L.mlp_norm, ln, eps_, h, scale, per_token);
       // MLP block
-      Tensor gu = L.gate_up(h).contiguous();  // (T, 2I)
-      silu_mul(gu, scale, per_token, act);
+      Tensor gu = L.up(h).contiguous();  // (T, 2I) gated, else (T, I)
+      activate(gu, scale, per_token, act);
       Tensor d = L.down(act);
-      residual_add(x, d, scale, per_token);
-      if (li + 1 < layers_.size()) rmsnorm_rows(x, layers_[li + 1].input_norm, eps_, h, scale, per_token);
+      add_output(x, d, L.mlp_out_norm, scale, per_token, h);
+      if (li + 1 < layers_.size()) norm_rows(x, layers_[li + 1].attn_norm, ln, eps_, h, scale, per_token);
     }
     return x;
   }
 
-  // Decode attention alone (for tests): q (B, Hq, D) -> (B, Hq, D) over the paged cache.
-  Tensor decode_attention(Tensor q, Tensor cache, Tensor tables, Tensor lens) {
+  // Decode attention alone (for tests): q (B, Hq, D) -> (B, Hq, D) over the paged cache, each
+  // sequence's last `window` positions (0: all of them).
+  Tensor decode_attention(Tensor q, Tensor cache, Tensor tables, Tensor lens, int64_t window) {
     const int64_t B = q.size(0);
     Tensor out = at::empty({B, num_heads_ * head_dim_}, q.options());
     Tensor qc = q.contiguous();
-    decode_attention_impl(qc.data_ptr<float>(), num_heads_ * head_dim_, cache, B, tables.contiguous(),
+    decode_attention_impl(qc.data_ptr<float>(), num_heads_ * head_dim_, cache, window, B, tables.contiguous(),
                           lens.contiguous(), out.data_ptr<float>(), num_heads_ * head_dim_);
     return out.view({B, num_heads_, head_dim_});
   }
@@ -382,7 +451,7 @@ class LlamaStack {
   // Prefill attention alone (for tests): q (T, Hq, D) -> (T, Hq, D); prefills[i] = (start,
   // num_new, num_context) with block table tables[i], keys and values already in the cache.
   Tensor prefill_attention(Tensor q, Tensor cache, std::vector<std::vector<int64_t>> prefills,
-                           std::vector<Tensor> tables) {
+                           std::vector<Tensor> tables, int64_t window) {
     const int64_t T = q.size(0), W = num_heads_ * head_dim_;
     Tensor out = at::zeros({T, W}, q.options());
     Tensor qc = q.contiguous();
@@ -392,12 +461,34 @@ class LlamaStack {
       held.push_back(tables[i].contiguous());
       chunks.push_back({prefills[i][0], prefills[i][1], prefills[i][2], held.back().data_ptr<int64_t>()});
     }
-    prefill_attention_impl(qc.data_ptr<float>(), W, cache.contiguous(), chunks, out.data_ptr<float>(), W);
+    prefill_attention_impl(qc.data_ptr<float>(), W, cache.contiguous(), window, chunks, out.data_ptr<float>(), W);
     return out.view({T, num_heads_, head_dim_});
   }
 
  private:
-  Linear make_linear(py::object w, py::object bias) {
+  void check_rotary(const Tensor& cos, const Tensor& sin) const {
+    TORCH_CHECK(cos.scalar_type() == at::kFloat && cos.dim() == 2 && cos.size(1) <= head_dim_ && cos.size(1) % 2 == 0,
+                "rotary tables: float32 (positions, rotary_dim), rotary_dim even and at most head_dim");
+    TORCH_CHECK(sin.sizes() == cos.sizes() && sin.scalar_type() == at::kFloat, "sin table: as cos");
+  }
+
+  static Norm make_norm(py::object n) {
+    Norm norm;
+    if (n.is_none()) return norm;
+    if (py::isinstance<py::tuple>(n)) {
+      auto t = n.cast<py::tuple>();
+      norm.weight = t[0].cast<Tensor>().contiguous();
+      if (!t[1].is_none()) norm.bias = t[1].cast<Tensor>().contiguous();
+    } else {
+      norm.weight = n.cast<Tensor>().contiguous();
+    }
+    return norm;
+  }
+
+  // (weight, bias): see add_layer
+  Linear make_linear(py::object weight_and_bias) {
+    auto pair = weight_and_bias.cast<py::tuple>();
+    py::object w = pair[0], bias = pair[1];
     Linear lin;
     if (!bias.is_none()) lin.bias = bias.cast<Tensor>().contiguous();
     if (THPVariable_Check(w.ptr())) {
@@ -419,23 +510,29 @@ class LlamaStack {
     return lin;
   }
 
-  // Scale back (int8), add the bias (int8: the op has none), rotate q and k, write k and v to
-  // their cache slots.
-  void post_qkv(Tensor& qkv, const Tensor& scale, bool per_token, const Tensor& bias, const Tensor& q_norm,
-                const Tensor& k_norm, const Tensor& positions, Tensor& cache, const Tensor& slot_mapping) {
+  // x += y, or (Gemma) x += norm(y) through tmp (T, hidden)
+  void add_output(Tensor& x, const Tensor& y, const Norm& out_norm, Tensor& scale, bool per_token, Tensor& tmp) {
+    if (!out_norm.defined()) return residual_add(x, y, scale, per_token);
+    norm_rows(y, out_norm, opts_.layer_norm, eps_, tmp, scale, false);  // not int8: add_layer checks
+    residual_add(x, tmp, scale, false);
+  }
+
+  // Scale back (int8), add the bias (int8: the op has none), norm and rotate q and k, write k and v
+  // to their cache slots.
+  void post_qkv(Tensor& qkv, const Tensor& scale, bool per_token, const Layer& L, const Tensor& positions,
+                Tensor& cache, const Tensor& slot_mapping) {
     RECORD_FUNCTION("gptserve::post_qkv", c10::ArrayRef<const c10::IValue>{});
-    const int64_t T = qkv.size(0), W = qkv.size(1), D = head_dim_, half = D / 2;
+    const int64_t T = qkv.size(0), W = qkv.size(1), D = head_dim_;
+    const int64_t R = L.cos.size(1), half = R / 2;  // the leading R dims of each head turn
     const int64_t Hq = num_heads_, Hkv = num_kv_heads_;
     float* p = qkv.data_ptr<float>();
     const float* sp = per_token ? scale.data_ptr<float>() : nullptr;
-    const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
-    const float* qn = q_norm.defined() ? q_norm.data_ptr<float>() : nullptr;
-    const float* kn = k_norm.defined() ? k_norm.data_ptr<float>() : nullptr;
+    const float* bp = L.qkv.int8() && L.qkv.bias.defined() ? L.qkv.bias.data_ptr<float>() : nullptr;
+    const float* qn = L.q_norm.defined() ? L.q_norm.data_ptr<float>() : nullptr;
+    const float* kn = L.k_norm.defined() ? L.k_norm.data_ptr<float>() : nullptr;
     const int64_t* pos = positions.data_ptr<int64_t>();
-    const int64_t* slots = slot_mapping.data_ptr<int64_t>();
-    const float* cosp = cos_.data_ptr<float>();
-    const float* sinp = sin_.data_ptr<float>();
-    const int64_t slot_stride = Hkv * D;
+    const float* cosp = L.cos.data_ptr<float>();
+    const float* sinp = L.sin.data_ptr<float>();
     std::vector<float> tmp(D);
     for (int64_t t = 0; t < T; ++t) {
       float* row = p + t * W;
@@ -445,8 +542,9 @@ class LlamaStack {
       }
       if (bp)
         for (int64_t i = 0; i < W; ++i) row[i] += bp[i];
-      const float* c = cosp + pos[t] * D;
-      const float* s = sinp + pos[t] * D;
+      if (!qn && R == 0) continue;  // GPT-2: nothing to do to q and k
+      const float* c = cosp + pos[t] * R;
+      const float* s = sinp + pos[t] * R;
       for (int64_t hd = 0; hd < Hq + Hkv; ++hd) {  // q heads, then k heads: contiguous in the row
         float* v = row + hd * D;
         if (qn) {  // the same float32 RMSNorm as the Python path's F.rms_norm
@@ -457,8 +555,8 @@ class LlamaStack {
           for (int64_t i = 0; i < D; ++i) v[i] = v[i] * r * w[i];
         }
         for (int64_t i = 0; i < half; ++i) tmp[i] = v[i] * c[i] - v[i + half] * s[i];
-        for (int64_t i = half; i < D; ++i) tmp[i] = v[i] * c[i] + v[i - half] * s[i];
-        std::copy(tmp.begin(), tmp.end(), v);
+        for (int64_t i = half; i < R; ++i) tmp[i] = v[i] * c[i] + v[i - half] * s[i];
+        std::copy(tmp.begin(), tmp.begin() + R, v);
       }
     }
     if (cache.scalar_type() == at::kHalf)
@@ -482,20 +580,21 @@ class LlamaStack {
     }
   }
 
-  // For each decoding sequence b: its query heads attend over the sequence's first lens[b]
-  // cached positions, read block by block straight from the pool (head h reads KV head h / G).
-  void decode_attention_impl(const float* q, int64_t q_stride, const Tensor& cache, int64_t B, const Tensor& tables,
-                             const Tensor& lens, float* out, int64_t out_stride) {
+  // For each decoding sequence b: its query heads attend over the sequence's first lens[b] cached
+  // positions (a sliding window: the last `window` of them), read block by block straight from the
+  // pool (head h reads KV head h / G).
+  void decode_attention_impl(const float* q, int64_t q_stride, const Tensor& cache, int64_t window, int64_t B,
+                             const Tensor& tables, const Tensor& lens, float* out, int64_t out_stride) {
     RECORD_FUNCTION("gptserve::decode_attention", c10::ArrayRef<const c10::IValue>{});
     if (cache.scalar_type() == at::kHalf)
-      decode_attention_t<at::Half>(q, q_stride, cache, B, tables, lens, out, out_stride);
+      decode_attention_t<at::Half>(q, q_stride, cache, window, B, tables, lens, out, out_stride);
     else
-      decode_attention_t<float>(q, q_stride, cache, B, tables, lens, out, out_stride);
+      decode_attention_t<float>(q, q_stride, cache, window, B, tables, lens, out, out_stride);
   }
 
   template <typename T>
-  void decode_attention_t(const float* q, int64_t q_stride, const Tensor& cache, int64_t B, const Tensor& tables,
-                          const Tensor& lens, float* out, int64_t out_stride) {
+  void decode_attention_t(const float* q, int64_t q_stride, const Tensor& cache, int64_t window, int64_t B,
+                          const Tensor& tables, const Tensor& lens, float* out, int64_t out_stride) {
     const int64_t D = head_dim_, Hkv = num_kv_heads_, G = num_heads_ / num_kv_heads_;
     const int64_t block_size = cache.size(2);
     const T* kc = cache[0].data_ptr<T>();
@@ -503,10 +602,10 @@ class LlamaStack {
     const int64_t* tab = tables.data_ptr<int64_t>();
     const int64_t tab_stride = tables.size(1);
     const int64_t* lp = lens.data_ptr<int64_t>();
-    const float sm_scale = 1.f / std::sqrt(static_cast<float>(D));
+    const float sm_scale = static_cast<float>(opts_.attn_scale), cap = static_cast<float>(opts_.softcap);
     const int64_t slot_stride = Hkv * D;
-    int64_t max_len = 0;
-    for (int64_t b = 0; b < B; ++b) max_len = std::max(max_len, lp[b]);
+    int64_t max_len = 0;  // the most keys a sequence attends over
+    for (int64_t b = 0; b < B; ++b) max_len = std::max(max_len, window ? std::min(lp[b], window) : lp[b]);
     // one task per sequence: each cached row (all KV heads, contiguous) is read once
     const int64_t Hq = num_heads_;
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, max_len * Hq * D / 64));
@@ -514,35 +613,35 @@ class LlamaStack {
       std::vector<float> scores(Hq * max_len);
       std::vector<float> acc(Hq * D);
       for (int64_t b = begin; b < end; ++b) {
-        const int64_t len = lp[b];
+        const int64_t len = lp[b], first = window ? std::max<int64_t>(0, len - window) : 0, n = len - first;
         const int64_t* table = tab + b * tab_stride;
         const float* qb = q + b * q_stride;
 #ifdef GPTSERVE_FAST_ATTENTION
         if (D == 64 || D == 128) {
-          fast_sequence<T>(qb, kc, vc, table, len, block_size, slot_stride, sm_scale, scores.data(), max_len,
+          fast_sequence<T>(qb, kc, vc, table, first, len, block_size, slot_stride, sm_scale, scores.data(), max_len,
                            out + b * out_stride);
           continue;
         }
 #endif
-        for (int64_t start = 0, blk = 0; start < len; start += block_size, ++blk) {
-          const int64_t n = std::min(block_size, len - start);
-          const T* kbase = kc + table[blk] * block_size * slot_stride;
-          for (int64_t off = 0; off < n; ++off) {
-            const T* row = kbase + off * slot_stride;
+        for_each_run(table, first, len, block_size, [&](int64_t slot, int64_t j, int64_t count) {
+          for (int64_t off = 0; off < count; ++off) {
+            const T* row = kc + (slot + off) * slot_stride;
             for (int64_t h = 0; h < Hq; ++h)
-              scores[h * max_len + start + off] = dot(qb + h * D, row + (h / G) * D, D) * sm_scale;
+              scores[h * max_len + j + off] = dot(qb + h * D, row + (h / G) * D, D) * sm_scale;
           }
+        });
+        for (int64_t h = 0; h < Hq; ++h) {
+          softcap_inplace(scores.data() + h * max_len, n, cap);
+          softmax_inplace(scores.data() + h * max_len, n);
         }
-        for (int64_t h = 0; h < Hq; ++h) softmax_inplace(scores.data() + h * max_len, len);
         std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t start = 0, blk = 0; start < len; start += block_size, ++blk) {
-          const int64_t n = std::min(block_size, len - start);
-          const T* vbase = vc + table[blk] * block_size * slot_stride;
-          for (int64_t off = 0; off < n; ++off) {
-            const T* row = vbase + off * slot_stride;
-            for (int64_t h = 0; h < Hq; ++h) axpy(scores[h * max_len + start + off], row + (h / G) * D, acc.data() + h * D, D);
+        for_each_run(table, first, len, block_size, [&](int64_t slot, int64_t j, int64_t count) {
+          for (int64_t off = 0; off < count; ++off) {
+            const T* row = vc + (slot + off) * slot_stride;
+            for (int64_t h = 0; h < Hq; ++h)
+              axpy(scores[h * max_len + j + off], row + (h / G) * D, acc.data() + h * D, D);
           }
-        }
+        });
         std::copy(acc.begin(), acc.end(), out + b * out_stride);
       }
     });
@@ -552,43 +651,45 @@ class LlamaStack {
   // One sequence, every query head, head_dim 64 or 128: eight keys at a time per head, the value
   // sums kept in registers.
   template <typename T>
-  void fast_sequence(const float* qb, const T* kc, const T* vc, const int64_t* table, int64_t len,
+  void fast_sequence(const float* qb, const T* kc, const T* vc, const int64_t* table, int64_t first, int64_t len,
                      int64_t block_size, int64_t slot_stride, float sm_scale, float* scores, int64_t max_len,
                      float* out) {
     if (head_dim_ == 64)
-      fast_sequence_nv<8, T>(qb, kc, vc, table, len, block_size, slot_stride, sm_scale, scores, max_len, out);
+      fast_sequence_nv<8, T>(qb, kc, vc, table, first, len, block_size, slot_stride, sm_scale, scores, max_len, out);
     else
-      fast_sequence_nv<16, T>(qb, kc, vc, table, len, block_size, slot_stride, sm_scale, scores, max_len, out);
+      fast_sequence_nv<16, T>(qb, kc, vc, table, first, len, block_size, slot_stride, sm_scale, scores, max_len, out);
   }
 
   template <int NV, typename T>
-  void fast_sequence_nv(const float* qb, const T* kc, const T* vc, const int64_t* table, int64_t len,
+  void fast_sequence_nv(const float* qb, const T* kc, const T* vc, const int64_t* table, int64_t first, int64_t len,
                         int64_t block_size, int64_t slot_stride, float sm_scale, float* scores, int64_t max_len,
                         float* out) {
     const int64_t D = NV * 8, G = num_heads_ / num_kv_heads_;
+    const float cap = static_cast<float>(opts_.softcap);
     for (int64_t h = 0; h < num_heads_; ++h) {
       const int64_t koff = (h / G) * D;
       float* sc = scores + h * max_len;
-      for (int64_t start = 0, blk = 0; start < len; start += block_size, ++blk)
-        qk_rows<NV>(qb + h * D, kc + table[blk] * block_size * slot_stride + koff, slot_stride,
-                    std::min(block_size, len - start), sm_scale, sc + start);
-      softmax_inplace(sc, len);
+      for_each_run(table, first, len, block_size, [&](int64_t slot, int64_t j, int64_t count) {
+        qk_rows<NV>(qb + h * D, kc + slot * slot_stride + koff, slot_stride, count, sm_scale, sc + j);
+      });
+      softcap_inplace(sc, len - first, cap);
+      softmax_inplace(sc, len - first);
       __m256 acc[NV];
       for (int v = 0; v < NV; ++v) acc[v] = _mm256_setzero_ps();
-      for (int64_t start = 0, blk = 0; start < len; start += block_size, ++blk)
-        pv_rows<NV>(sc + start, vc + table[blk] * block_size * slot_stride + koff, slot_stride,
-                    std::min(block_size, len - start), acc);
+      for_each_run(table, first, len, block_size, [&](int64_t slot, int64_t j, int64_t count) {
+        pv_rows<NV>(sc + j, vc + slot * slot_stride + koff, slot_stride, count, acc);
+      });
       for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + h * D + 8 * v, acc[v]);
     }
   }
 #endif
 
-  void attention(const Tensor& qkv, const Tensor& cache, int64_t num_decode, const Tensor& tables, const Tensor& lens,
-                 const std::vector<std::vector<int64_t>>& prefills, const std::vector<Tensor>& prefill_tables,
-                 Tensor& out) {
+  void attention(const Tensor& qkv, const Tensor& cache, int64_t window, int64_t num_decode, const Tensor& tables,
+                 const Tensor& lens, const std::vector<std::vector<int64_t>>& prefills,
+                 const std::vector<Tensor>& prefill_tables, Tensor& out) {
     const int64_t q_size = num_heads_ * head_dim_;
     if (num_decode)
-      decode_attention_impl(qkv.data_ptr<float>(), qkv.size(1), cache, num_decode, tables, lens,
+      decode_attention_impl(qkv.data_ptr<float>(), qkv.size(1), cache, window, num_decode, tables, lens,
                             out.data_ptr<float>(), q_size);
     if (prefills.empty()) return;
     std::vector<prefill::Chunk> chunks;
@@ -597,34 +698,47 @@ class LlamaStack {
                   "block tables: contiguous int64");
       chunks.push_back({prefills[i][0], prefills[i][1], prefills[i][2], prefill_tables[i].data_ptr<int64_t>()});
     }
-    prefill_attention_impl(qkv.data_ptr<float>(), qkv.size(1), cache, chunks, out.data_ptr<float>(), q_size);
+    prefill_attention_impl(qkv.data_ptr<float>(), qkv.size(1), cache, window, chunks, out.data_ptr<float>(), q_size);
   }
 
-  void prefill_attention_impl(const float* q, int64_t q_stride, const Tensor& cache,
+  void prefill_attention_impl(const float* q, int64_t q_stride, const Tensor& cache, int64_t window,
                               const std::vector<prefill::Chunk>& chunks, float* out, int64_t out_stride) {
     RECORD_FUNCTION("gptserve::prefill_attention", c10::ArrayRef<const c10::IValue>{});
-    const prefill::Shape sh{num_heads_, num_kv_heads_, head_dim_, cache.size(2), num_kv_heads_ * head_dim_};
+    const prefill::Shape sh{num_heads_, num_kv_heads_, head_dim_, cache.size(2), num_kv_heads_ * head_dim_,
+                            static_cast<float>(opts_.attn_scale), static_cast<float>(opts_.softcap), window};
     if (cache.scalar_type() == at::kHalf)
       prefill::attend<at::Half>(q, q_stride, cache, chunks, sh, out, out_stride);
     else
       prefill::attend<float>(q, q_stride, cache, chunks, sh, out, out_stride);
   }
 
-  // act = silu(gate) * up from (T, 2I) (scaled back first for int8), then (int8) rows scaled.
-  void silu_mul(const Tensor& gu, Tensor& scale, bool per_token, Tensor& act) {
-    RECORD_FUNCTION("gptserve::silu_mul", c10::ArrayRef<const c10::IValue>{});
-    const int64_t T = gu.size(0), I = intermediate_;
+  // act = act(gate) * up from (T, 2I) (gated), or act(up) from (T, I), scaled back first for int8;
+  // then (int8) rows scaled. SiLU(g) = g / (1 + exp(-g)) and tanh-GELU(g) = g / (1 + exp(-2y)),
+  // y = sqrt(2 / pi) (g + 0.044715 g^3) (0.5 (1 + tanh y) = 1 / (1 + exp(-2y))): one vector exp each.
+  void activate(const Tensor& gu, Tensor& scale, bool per_token, Tensor& act) {
+    RECORD_FUNCTION("gptserve::activate", c10::ArrayRef<const c10::IValue>{});
+    const int64_t T = gu.size(0), I = intermediate_, W = gu.size(1);
+    TORCH_CHECK(W == (opts_.gated ? 2 * I : I), "MLP input projection: (T, 2I) gated, else (T, I)");
     const float* gp = gu.data_ptr<float>();
     float* ap = act.data_ptr<float>();
     float* sp = per_token ? scale.data_ptr<float>() : nullptr;
     for (int64_t t = 0; t < T; ++t) {
-      const float* g = gp + t * 2 * I;
+      const float* g = gp + t * W;
       const float* u = g + I;
       float* a = ap + t * I;
       const float s = per_token ? sp[t] : 1.f;
-      for (int64_t i = 0; i < I; ++i) a[i] = -(g[i] * s);
-      exp_inplace(a, I);  // a = exp(-gate)
-      for (int64_t i = 0; i < I; ++i) a[i] = (g[i] * s) / (1.f + a[i]) * (u[i] * s);
+      if (opts_.gelu)
+        for (int64_t i = 0; i < I; ++i) {
+          const float v = g[i] * s;
+          a[i] = -1.5957691216057308f * (v + 0.044715f * v * v * v);
+        }
+      else
+        for (int64_t i = 0; i < I; ++i) a[i] = -(g[i] * s);
+      exp_inplace(a, I);  // a = exp(-gate) (SiLU), exp(-2y) (GELU)
+      if (opts_.gated)
+        for (int64_t i = 0; i < I; ++i) a[i] = (g[i] * s) / (1.f + a[i]) * (u[i] * s);
+      else
+        for (int64_t i = 0; i < I; ++i) a[i] = (g[i] * s) / (1.f + a[i]);
       if (per_token) {
         const float m = std::max(absmax(a, I), 1e-6f);
         for (int64_t i = 0; i < I; ++i) a[i] /= m;
@@ -635,6 +749,7 @@ class LlamaStack {
 
   int64_t num_heads_, num_kv_heads_, head_dim_, hidden_, intermediate_;
   double eps_;
+  Options opts_;
   Tensor cos_, sin_;
   std::vector<Layer> layers_;
 };
@@ -654,12 +769,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_isa", &gq::set_isa, "the kernel variant later calls use: auto | avx512 | avx2 | scalar");
   m.def("supported_isas", &gq::supported_isas, "the kernel variants this CPU can run");
   m.def("native_types", &gq::native_types, "the ggml types the block GEMM computes on");
+  py::class_<Options>(m, "StackOptions")
+      .def(py::init<>())
+      .def_readwrite("layer_norm", &Options::layer_norm)
+      .def_readwrite("gelu", &Options::gelu)
+      .def_readwrite("gated", &Options::gated)
+      .def_readwrite("attn_scale", &Options::attn_scale)
+      .def_readwrite("softcap", &Options::softcap);
   py::class_<LlamaStack>(m, "LlamaStack")
-      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, Tensor, Tensor>())
-      .def("add_layer", &LlamaStack::add_layer)
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, Tensor, Tensor, Options>(),
+           py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("hidden"),
+           py::arg("intermediate"), py::arg("eps"), py::arg("cos"), py::arg("sin"), py::arg("options") = Options())
+      .def("add_layer", &LlamaStack::add_layer, py::arg("attn_norm"), py::arg("qkv"), py::arg("o"),
+           py::arg("mlp_norm"), py::arg("up"), py::arg("down"), py::kw_only(), py::arg("q_norm") = py::none(),
+           py::arg("k_norm") = py::none(), py::arg("attn_out_norm") = py::none(),
+           py::arg("mlp_out_norm") = py::none(), py::arg("cos") = py::none(), py::arg("sin") = py::none(),
+           py::arg("window") = 0)
       .def("num_layers", &LlamaStack::num_layers)
-      .def("set_qk_norm", &LlamaStack::set_qk_norm)
       .def("forward", &LlamaStack::forward, py::call_guard<py::gil_scoped_release>())
-      .def("decode_attention", &LlamaStack::decode_attention, py::call_guard<py::gil_scoped_release>())
-      .def("prefill_attention", &LlamaStack::prefill_attention, py::call_guard<py::gil_scoped_release>());
+      .def("decode_attention", &LlamaStack::decode_attention, py::arg("q"), py::arg("cache"), py::arg("tables"),
+           py::arg("lens"), py::arg("window") = 0, py::call_guard<py::gil_scoped_release>())
+      .def("prefill_attention", &LlamaStack::prefill_attention, py::arg("q"), py::arg("cache"), py::arg("prefills"),
+           py::arg("tables"), py::arg("window") = 0, py::call_guard<py::gil_scoped_release>());
 }

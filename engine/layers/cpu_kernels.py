@@ -1,4 +1,4 @@
-"""The C++ Llama stack for the CPU (engine/csrc/llama_cpu.cpp): build, load, wrap.
+"""The C++ CPU kernels (engine/csrc): build and load them (engine/layers/cpu_stack.py fills the decoder stack).
 
 Built on first use with torch.utils.cpp_extension (the machine's C++ compiler and the ``ninja``
 package), for this CPU (-march=native), into ``$GPTSERVE_KERNEL_CACHE`` (default
@@ -104,53 +104,6 @@ def load():
             _failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
             log.warning("C++ CPU kernels unavailable, using the Python path (%s)", _failed)
         return _module
-
-
-# The families the C++ stack computes exactly as engine/models/llama.py does; others run in Python.
-STACK_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
-
-
-def build_llama_stack(model):
-    """A LlamaStack holding ``model``'s layers (float32, int8 or GGUF block-format linears), or
-    None when the kernels are unavailable or the model is not a float32 CPU model they cover."""
-    from engine.layers.blocks import BlockLinear
-    from engine.layers.quant import PerTokenInt8Linear
-
-    if not enabled_by_env():
-        return None
-    cfg = model.config
-    # The stack attends to every position (a window no shorter than the context changes nothing,
-    # e.g. Mistral v0.1's 4096 at --max-model-len 4096) and rotates whole heads.
-    window_matters = cfg.sliding_window is not None and cfg.sliding_window < model.max_position
-    if cfg.architecture not in STACK_ARCHITECTURES or window_matters:
-        return None
-    if model.rotary.cos.shape[1] != cfg.head_dim:
-        return None
-    norm = model.norm.weight  # (the embedding may be block-format: engine/layers/blocks.py)
-    if norm.device.type != "cpu" or norm.dtype != torch.float32:
-        return None
-    mod = load()
-    if mod is None:
-        return None
-
-    def linear(layer):
-        if isinstance(layer, PerTokenInt8Linear):
-            return layer.qlinear._packed_params._packed_params, layer.bias
-        if isinstance(layer, BlockLinear):
-            return layer.kernel_args(), layer.bias
-        return layer.weight.detach(), (layer.bias.detach() if layer.bias is not None else None)
-
-    stack = mod.LlamaStack(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
-                           cfg.intermediate_size, float(cfg.rms_norm_eps), model.rotary.cos, model.rotary.sin)
-    for layer in model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        qkv, qkv_bias = linear(attn.qkv_proj)
-        stack.add_layer(layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach(),
-                        qkv, qkv_bias, linear(attn.o_proj)[0], linear(mlp.gate_up_proj)[0], linear(mlp.down_proj)[0])
-        if cfg.qk_norm:
-            stack.set_qk_norm(attn.q_norm.weight.detach(), attn.k_norm.weight.detach())
-    return stack
-
 
 
 def main() -> None:

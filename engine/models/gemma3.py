@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.attention import AttentionMetadata, paged_attention
+from engine.layers.cpu_stack import StackLayer, StackSpec
 from engine.layers.rotary import RotaryEmbedding, apply_rotary
 from engine.models.config import ModelConfig
 from engine.models.llama import RMSNorm
@@ -93,7 +94,7 @@ class Gemma3ForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
         self.reset_rotary(None)
-        self.cpu_stack = None  # the C++ stack covers the Llama family only
+        self.cpu_stack = None  # engine/layers/cpu_stack.py: the decoder layers in C++ (set by the engine)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
@@ -113,11 +114,25 @@ class Gemma3ForCausalLM(nn.Module):
         """input_ids, positions (T,); kv_caches (L, 2, num_blocks, block_size, Hkv, D) -> hidden (T, hidden)."""
         x = self.embed_tokens(input_ids)
         x = x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)  # rounded to x's dtype, as in HF
+        if self.cpu_stack is not None:
+            return self.norm(self.cpu_stack(x, positions, kv_caches, meta))
         rope_global = self.rotary_global(positions, x.dtype)
         rope_local = self.rotary_local(positions, x.dtype)
         for layer, kv_cache in zip(self.layers, kv_caches):
             x = layer(x, rope_local if layer.is_sliding else rope_global, kv_cache, meta)
         return self.norm(x)
+
+    def cpu_stack_spec(self) -> StackSpec:
+        """The decoder layers as engine/layers/cpu_stack.py fills the C++ stack with them."""
+        attn = self.layers[0].self_attn
+        return StackSpec([StackLayer(layer.input_layernorm, layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                                     layer.pre_feedforward_layernorm, layer.mlp.gate_up_proj, layer.mlp.down_proj,
+                                     self.rotary_local if layer.is_sliding else self.rotary_global,
+                                     layer.self_attn.window, q_norm=getattr(layer.self_attn, "q_norm", None),
+                                     k_norm=getattr(layer.self_attn, "k_norm", None),
+                                     attn_out_norm=layer.post_attention_layernorm,
+                                     mlp_out_norm=layer.post_feedforward_layernorm)
+                          for layer in self.layers], attn_scale=attn.scale, softcap=attn.softcap, gelu=True)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden).float()  # (N, vocab)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.attention import AttentionMetadata, paged_attention
+from engine.layers.cpu_stack import StackLayer, StackSpec
 from engine.models.config import ModelConfig
 from engine.models.weights import WeightCopier
 
@@ -69,7 +70,7 @@ class GPT2LMHeadModel(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
-        self.cpu_stack = None  # the C++ stack covers the Llama family only
+        self.cpu_stack = None  # engine/layers/cpu_stack.py: the decoder layers in C++ (set by the engine)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
@@ -81,9 +82,19 @@ class GPT2LMHeadModel(nn.Module):
     def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions (T,); kv_caches (L, 2, num_blocks, block_size, H, D) -> hidden (T, hidden)."""
         x = self.wte(input_ids) + self.wpe(positions)
+        if self.cpu_stack is not None:
+            return self.ln_f(self.cpu_stack(x, positions, kv_caches, meta))
         for block, kv_cache in zip(self.h, kv_caches):
             x = block(x, kv_cache, meta)
         return self.ln_f(x)
+
+    def cpu_stack_spec(self) -> StackSpec | None:
+        """The blocks as engine/layers/cpu_stack.py fills the C++ stack with them (no rotation)."""
+        if self.h[0].mlp.approximate != "tanh":  # the stack's GELU is the tanh one
+            return None
+        return StackSpec([StackLayer(block.ln_1, block.attn.c_attn, block.attn.c_proj, block.ln_2, block.mlp.c_fc,
+                                     block.mlp.c_proj, rotary=None) for block in self.h],
+                         attn_scale=self.h[0].attn.scale, layer_norm=True, gelu=True, gated=False)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()  # (N, vocab)

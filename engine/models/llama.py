@@ -12,6 +12,7 @@ from torch import nn
 
 from engine.layers.attention import AttentionMetadata, paged_attention
 from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor, StackedBlocks, stack_rows
+from engine.layers.cpu_stack import StackLayer, StackSpec
 from engine.layers.rotary import RotaryEmbedding, apply_rotary
 from engine.models.config import ModelConfig
 
@@ -92,7 +93,7 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
-        self.cpu_stack = None  # engine/layers/cpu_kernels.py: the decoder layers in C++ (set by the engine)
+        self.cpu_stack = None  # engine/layers/cpu_stack.py: the decoder layers in C++ (set by the engine)
 
     def tie_weights(self) -> None:
         if not self.config.tie_word_embeddings:
@@ -114,19 +115,20 @@ class LlamaForCausalLM(nn.Module):
         """input_ids, positions (T,); kv_caches (L, 2, num_blocks, block_size, Hkv, D) -> hidden (T, hidden)."""
         x = self.embed_tokens(input_ids)
         if self.cpu_stack is not None:
-            return self.norm(self._forward_cpu_stack(x, positions, kv_caches, meta))
+            return self.norm(self.cpu_stack(x, positions, kv_caches, meta))
         rope = self.rotary(positions, x.dtype)
         for layer, kv_cache in zip(self.layers, kv_caches):
             x = layer(x, rope, kv_cache, meta)
         return self.norm(x)
 
-    def _forward_cpu_stack(self, x, positions, kv_caches, meta: AttentionMetadata) -> torch.Tensor:
-        empty = torch.empty(0, 0, dtype=torch.long)
-        tables = meta.decode_block_tables if meta.num_decode_tokens else empty
-        lens = meta.decode_context_lens if meta.num_decode_tokens else empty
-        prefills = [[start, num_new, num_context] for start, num_new, num_context, _ in meta.prefills]
-        return self.cpu_stack.forward(x, positions, kv_caches, meta.slot_mapping, meta.num_decode_tokens, tables, lens,
-                                      prefills, [table for *_, table in meta.prefills])
+    def cpu_stack_spec(self) -> StackSpec:
+        """The decoder layers as engine/layers/cpu_stack.py fills the C++ stack with them."""
+        return StackSpec([StackLayer(layer.input_layernorm, layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                                     layer.post_attention_layernorm, layer.mlp.gate_up_proj, layer.mlp.down_proj,
+                                     self.rotary, layer.self_attn.window,
+                                     q_norm=getattr(layer.self_attn, "q_norm", None),
+                                     k_norm=getattr(layer.self_attn, "k_norm", None))
+                          for layer in self.layers], attn_scale=self.layers[0].self_attn.scale)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()  # (N, vocab)

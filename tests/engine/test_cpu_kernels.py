@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.layers import cpu_kernels
+from engine.layers.attention import AttentionMetadata, paged_attention
 from tests.engine.test_quant import prompt_logprobs
 
 kernels = cpu_kernels.load()
@@ -37,6 +38,56 @@ def test_decode_attention_matches_sdpa(num_heads, num_kv_heads, head_dim, block_
         values = pool[1][tables[b]].reshape(-1, num_kv_heads, head_dim)[:n].transpose(0, 1)
         want = F.scaled_dot_product_attention(q[b][:, None], keys, values, enable_gqa=True)[:, 0]
         torch.testing.assert_close(got[b], want, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 24])  # the AVX2 decode path, the generic one
+def test_windowed_softcapped_attention_matches_the_python_path(head_dim, dtype):
+    """Gemma's attention: a sliding window (the blocks before it skipped, the first entered part
+    way), soft-capped scores and a scale other than head_dim's, for decodes and for prefill chunks
+    (one longer than a key tile), against the Python path's paged_attention."""
+    gen = torch.Generator().manual_seed(0)
+    num_heads, num_kv_heads, block_size, window = 4, 2, 4, 7
+    decode_lens = [1, 5, 7, 8, 30, 61]
+    chunks = [(5, 5), (3, 20), (70, 90)]  # (num_new, num_context)
+    contexts = decode_lens + [ctx for _, ctx in chunks]
+    num_blocks = sum(-(-ctx // block_size) for ctx in contexts)
+    pool = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=gen).to(dtype)
+    order, tables = torch.randperm(num_blocks, generator=gen), []
+    for ctx in contexts:
+        tables.append(order[: -(-ctx // block_size)])
+        order = order[len(tables[-1]):]
+
+    def slot(table, pos):
+        return int(table[pos // block_size]) * block_size + pos % block_size
+
+    B = len(decode_lens)
+    slots, prefills, start = [slot(tables[b], decode_lens[b] - 1) for b in range(B)], [], B
+    for (num_new, ctx), table in zip(chunks, tables[B:]):
+        prefills.append((start, num_new, ctx, table))
+        slots += [slot(table, p) for p in range(ctx - num_new, ctx)]
+        start += num_new
+    slot_mapping = torch.tensor(slots)
+    q = torch.randn(start, num_heads, head_dim, generator=gen) * 3  # scores large enough for the cap to bite
+    k, v = (pool[i].view(-1, num_kv_heads, head_dim)[slot_mapping].float() for i in range(2))  # already in the pool
+    max_blocks = max(len(t) for t in tables[:B])
+    decode_tables = torch.stack([F.pad(t, (0, max_blocks - len(t))) for t in tables[:B]])
+    lens = torch.tensor(decode_lens)
+    meta = AttentionMetadata(slot_mapping=slot_mapping, num_decode_tokens=B, decode_block_tables=decode_tables,
+                             decode_context_lens=lens, decode_max_context_len=max(decode_lens),
+                             prefills=prefills).finalize(block_size, torch.device("cpu"))
+    scale, cap = 24**-0.5, 3.0
+    want = paged_attention(q, k, v, pool.clone(), meta, scale, window=window, softcap=cap)
+    options = kernels.StackOptions()
+    options.attn_scale, options.softcap = scale, cap
+    stack = kernels.LlamaStack(num_heads, num_kv_heads, head_dim, 32, 64, 1e-6, torch.zeros(1, 0), torch.zeros(1, 0),
+                               options)
+    chunk_args = [[s, n, ctx] for s, n, ctx, _ in prefills], [t for *_, t in prefills]
+    torch.testing.assert_close(stack.decode_attention(q[:B], pool, decode_tables, lens, window=window), want[:B],
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(stack.prefill_attention(q, pool, *chunk_args, window=window)[B:], want[B:],
+                               atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(stack.prefill_attention(q, pool, *chunk_args)[B:], want[B:], atol=1e-3)  # it matters
 
 
 def _engines(model, **kw):

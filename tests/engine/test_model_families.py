@@ -94,27 +94,35 @@ def check_against_transformers(model_path: str, hf_model, *, cpu_kernels: bool) 
     return engine
 
 
-# Families the C++ CPU stack computes; the others (and Phi-4-mini's partial rotary and sliding
-# window) must fall back to the Python path.
-IN_CPP = {"qwen3", "phi3"}
+# Every family on the Python path (cpu_kernels False) and on the C++ CPU stack (True, where the
+# kernels build), the GGUF file on the C++ stack (and Qwen3's on both).
 CASES = [
-    ("qwen3", "hf", False), ("qwen3", "hf", True), ("qwen3", "gguf", False), ("qwen3", "gguf", True),
-    ("gpt2", "hf", True), ("gpt2", "gguf", True),
-    ("gemma3", "hf", True), ("gemma3", "gguf", True), ("gemma2", "hf", True), ("gemma2", "gguf", True),
-    ("phi3", "hf", False), ("phi3", "hf", True), ("phi3", "gguf", True), ("phi4mini", "hf", True),
-    ("phi4mini", "gguf", True),
-]
+    (family, fmt, use_cpu_kernels)
+    for family in ("qwen3", "gpt2", "gemma3", "gemma2", "phi3", "phi4mini")
+    for fmt, use_cpu_kernels in (("hf", False), ("hf", True), ("gguf", True))
+] + [("qwen3", "gguf", False)]
+
+
+def forbid_python_attention(monkeypatch) -> None:
+    """Make the Python layers' attention fail, so a run that passes went through the C++ stack."""
+    def python_attention(*args, **kwargs):
+        raise AssertionError("the Python layers ran")
+
+    for module in ("engine.models.llama", "engine.models.gemma3", "engine.models.gpt2"):
+        monkeypatch.setattr(f"{module}.paged_attention", python_attention)
 
 
 @pytest.mark.parametrize("family, fmt, use_cpu_kernels", CASES)
-def test_family_matches_transformers(family, fmt, use_cpu_kernels, tiny_family):
+def test_family_matches_transformers(family, fmt, use_cpu_kernels, tiny_family, monkeypatch):
     hf_folder = tiny_family(family, "hf")
     # eager: transformers' SDPA path leaves out Gemma's attention soft-capping
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32,
                                                                  attn_implementation="eager").eval()
+    runs_in_cpp = use_cpu_kernels and cpu_kernels.load() is not None
+    if runs_in_cpp:
+        forbid_python_attention(monkeypatch)
     engine = check_against_transformers(tiny_family(family, fmt), hf_model, cpu_kernels=use_cpu_kernels)
     assert engine.model_config.architecture == {"phi4mini": "phi3"}.get(family, family)
-    runs_in_cpp = use_cpu_kernels and family in IN_CPP and cpu_kernels.load() is not None
     assert (engine.model.cpu_stack is not None) == runs_in_cpp
 
 
@@ -123,9 +131,9 @@ def test_int8_is_refused_for_families_it_does_not_cover(tiny_family):
         LLMEngine(EngineConfig(model=tiny_family("gpt2", "hf"), quantization="int8", kv_cache_memory_gb=0.01))
 
 
-def test_cpp_stack_takes_a_sliding_window_only_where_it_cannot_matter(tmp_path):
-    """Mistral v0.1's window: at a context no longer than it, the C++ stack (which attends to every
-    position) computes the same thing and runs; at a longer one the model falls back to Python."""
+def test_cpp_stack_attends_within_a_sliding_window(tmp_path, monkeypatch):
+    """Mistral v0.1's window, shorter than the prompts: the C++ stack leaves out the keys older
+    than it, block by block, in prefill chunks and in decodes, as transformers does."""
     import json
 
     from tests.tiny_models import write_tiny_hf_model
@@ -134,8 +142,9 @@ def test_cpp_stack_takes_a_sliding_window_only_where_it_cannot_matter(tmp_path):
         pytest.skip("the C++ CPU kernels do not build here")
     folder = write_tiny_hf_model(str(tmp_path / "mistral"), arch="mistral")
     config = json.loads((tmp_path / "mistral" / "config.json").read_text())
-    (tmp_path / "mistral" / "config.json").write_text(json.dumps({**config, "sliding_window": 64}))
-    for max_model_len, in_cpp in ((64, True), (128, False)):
-        engine = LLMEngine(EngineConfig(model=folder, max_model_len=max_model_len, kv_cache_memory_gb=0.01))
-        assert engine.model_config.sliding_window == 64
-        assert (engine.model.cpu_stack is not None) == in_cpp
+    (tmp_path / "mistral" / "config.json").write_text(json.dumps({**config, "sliding_window": 6}))
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                                 attn_implementation="eager").eval()
+    forbid_python_attention(monkeypatch)
+    engine = check_against_transformers(folder, hf_model, cpu_kernels=True)
+    assert engine.model_config.sliding_window == 6 and engine.model.cpu_stack is not None
