@@ -7,7 +7,7 @@
 // Linear layers are either float32 (at::linear, the same call the Python path makes) or torch's
 // fbgemm int8 (the packed weights of engine/layers/quant.py, with the same per-token activation
 // scaling), or a GGUF block format kept as the file's bytes (quant_cpu.h: Q4_0, Q4_1, Q8_0,
-// computed as ggml-cpu computes them). Prefill chunks attend over the paged pool too,
+// computed as ggml-cpu computes them), or F16 / BF16 rows as stored (half_cpu.h). Prefill chunks attend over the paged pool too,
 // flash-attention style (attention_prefill.h).
 #include <torch/extension.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
@@ -409,7 +409,8 @@ class LlamaStack {
       lin.blocks = t[0].cast<std::vector<Tensor>>();
       lin.types = t[1].cast<std::vector<int64_t>>(), lin.outs = t[2].cast<std::vector<int64_t>>();
       lin.in = t[3].cast<int64_t>();
-      for (int64_t type : lin.types) TORCH_CHECK(gq::is_native(type), "ggml type ", type, " has no native kernel");
+      for (int64_t type : lin.types)
+        TORCH_CHECK(gq::is_native(type) || gq::is_half(type), "ggml type ", type, " has no native kernel");
       return lin;
     }
     static const c10::FunctionSchema& schema =

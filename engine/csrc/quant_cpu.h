@@ -216,9 +216,15 @@ inline std::vector<std::string> supported_isas() {
   return out;
 }
 
+}  // namespace gq
+
+#include "half_cpu.h"  // F16 / BF16 parts (it uses Isa, above)
+
+namespace gq {
+
 // y (T, sum N_i) = x (T, K) [W_0; W_1; ...]^T for W_i (N_i, row bytes) raw blocks of types[i]:
 // a fused projection (q/k/v, gate/up) kept as the file's separate tensors, each part in its own
-// format, the activations quantized once.
+// format, the activations quantized once (F16 / BF16 parts: half_cpu.h, on the float32 activations).
 inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, const std::vector<int64_t>& types,
                            const std::vector<int64_t>& ns, int64_t K, Isa isa) {
   TORCH_CHECK(ws.size() == types.size() && ws.size() == ns.size() && !ws.empty(), "one type and size per part");
@@ -228,7 +234,7 @@ inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, co
     const Tensor& w = ws[i];
     TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(0) == ns[i],
                 "w must be uint8 (", ns[i], ", row bytes)");
-    const int64_t row_bytes = K / QK * block_bytes(types[i]);
+    const int64_t row_bytes = is_half(types[i]) ? 2 * K : K / QK * block_bytes(types[i]);
     TORCH_CHECK(w.size(1) == row_bytes, "w rows hold ", w.size(1), " bytes, expected ", row_bytes);
     TORCH_CHECK(w.stride(1) == 1, "w rows must be contiguous");
     N += ns[i];
@@ -238,12 +244,17 @@ inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, co
   Tensor y = at::empty({T, N}, x.options());
   if (T == 0) return y;
   QActs a;
-  quantize_acts(x.data_ptr<float>(), T, K, a);
+  if (!std::all_of(types.begin(), types.end(), is_half)) quantize_acts(x.data_ptr<float>(), T, K, a);
   int64_t offset = 0;
   for (size_t i = 0; i < ws.size(); ++i) {
     const uint8_t* wp = ws[i].data_ptr<uint8_t>();
     const int64_t ldw = ws[i].stride(0), n = ns[i], type = types[i];
     float* yp = y.data_ptr<float>() + offset;
+    if (is_half(type)) {
+      half::matmul(type, x.data_ptr<float>(), T, K, reinterpret_cast<const uint16_t*>(wp), ldw / 2, n, yp, N, isa);
+      offset += n;
+      continue;
+    }
     // tasks of whole 4-row tiles, each at least ~32k multiply-adds so threads pay for themselves
     const int64_t tiles = (n + 3) / 4;
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 4 * K * T));
