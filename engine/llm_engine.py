@@ -159,6 +159,10 @@ class LLMEngine:
         if quantization in QUANTIZATIONS:
             if self.device.type != "cpu" or self.config.dtype != "auto":
                 raise ValueError(f"quantization {quantization!r} is for the CPU with dtype auto")
+            stored = weights_format(path)
+            if stored not in ("F32", "F16", "BF16"):  # as llama-quantize, which requantizes only when told
+                raise ValueError(f"quantization {quantization!r} quantizes float weights; this checkpoint's are "
+                                 f"already {stored}")
             if not cpu_kernels.enabled_by_env() or cpu_kernels.load() is None:
                 raise ValueError(f"quantization {quantization!r} needs the C++ CPU kernels "
                                  "(engine/layers/cpu_kernels.py), which are off or did not build here")

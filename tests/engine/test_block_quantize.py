@@ -1,5 +1,5 @@
 """``quantization="q8_0"|"q4_0"``: float weights quantized at load (engine/layers/block_quantize.py)
-byte for byte as ggml's reference quantizers (gguf.quants.quantize), then run by the native path."""
+byte for byte as llama.cpp would write them, then run by the native path."""
 import numpy as np
 import pytest
 import torch
@@ -7,6 +7,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf.quants import quantize as gguf_quantize
 
 from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.layers import block_quantize
 from engine.layers.block_quantize import quantize
 from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor
 from engine.layers.cpu_kernels import load
@@ -20,7 +21,7 @@ PROMPTS = [[5, 17, 33, 2, 99], list(range(3, 40))]
 def awkward_weights(rows: int = 24, cols: int = 96) -> np.ndarray:
     """Random rows plus the cases a quantizer can get wrong: an all-zero block, a block whose
     largest magnitudes tie with opposite signs (Q4_0 keeps the first one's sign), and values
-    that land on .5 and just below it after scaling (roundf, not floor(x + 0.5))."""
+    that land on .5 and just below it after scaling (C's roundf, not floor(x + 0.5))."""
     w = np.random.default_rng(7).standard_normal((rows, cols)).astype(np.float32)
     w[0, :32] = 0.0
     w[1, :32] = 0.1
@@ -32,7 +33,8 @@ def awkward_weights(rows: int = 24, cols: int = 96) -> np.ndarray:
 
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0], ids=lambda t: t.name)
 @pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-def test_quantize_writes_ggml_reference_bytes(qtype, stored):
+def test_quantize_writes_ggml_reference_bytes(qtype, stored, monkeypatch):
+    monkeypatch.setattr(block_quantize, "VALUES_AT_ONCE", 5 * 96)  # tasks of 5 rows: a short last one
     w = torch.from_numpy(awkward_weights()).to(stored)
     source = w if stored == torch.float32 else BlockTensor.from_half(w)
     got = quantize(source, qtype)
@@ -97,3 +99,10 @@ def test_bad_quantization_settings_are_refused(tiny_llama):
         EngineConfig(quantization="q5_0")
     with pytest.raises(ValueError, match="dtype auto"):
         LLMEngine(EngineConfig(model=tiny_llama, quantization="q8_0", dtype="float32"))
+
+
+@needs_kernels
+def test_an_already_quantized_file_is_not_quantized_again(tmp_path):
+    path = write_tiny_gguf(str(tmp_path / "m.gguf"), qtype="Q4_1")
+    with pytest.raises(ValueError, match="already Q4_1"):
+        LLMEngine(EngineConfig(model=path, quantization="q8_0"))
