@@ -63,6 +63,24 @@ def test_half_weights_stay_half_and_give_the_float32_models_output(half_model):
                                rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["phi3", "gpt2"])
+def test_other_families_bfloat16_checkpoints(tmp_path, family):
+    """Phi-3 ships q/k/v and gate/up fused (one BF16 matrix each, computed as stored); GPT-2 has
+    no block-format layers (engine/models/registry.py): its BF16 matrices, stored transposed,
+    are widened to float32 at load. Both give the float32 model's tokens."""
+    pytest.importorskip("transformers")
+    from tests.tiny_families import write_family_hf
+
+    folder = write_family_hf(str(tmp_path), family, dtype=torch.bfloat16)
+    engine = LLMEngine(EngineConfig(model=folder, **CONFIG))
+    has_blocks = any(isinstance(m, BlockLinear) for m in engine.model.modules())
+    assert has_blocks == (family == "phi3")
+    reference = LLMEngine(EngineConfig(model=folder, dtype="float32", **CONFIG))
+    for (ids, lps), (ref_ids, ref_lps) in zip(_generate(engine), _generate(reference)):
+        assert ids == ref_ids
+        np.testing.assert_allclose(lps, ref_lps, atol=1e-4)
+
+
 def _status(key: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
