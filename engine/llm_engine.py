@@ -154,22 +154,25 @@ class LLMEngine:
         """dtype "auto" on the CPU computes the formats a checkpoint stores as they are (a GGUF
         file's Q4_0/Q4_1/Q8_0/F16/BF16, a Hugging Face folder's float16/bfloat16 matrices; the C++
         kernels must load); otherwise the weights are dequantized to float32 (the reference).
-        ``quantization`` q8_0/q4_0 needs those kernels too: it quantizes what was kept."""
-        quantization = self.config.quantization
-        if quantization in QUANTIZATIONS:
-            if self.device.type != "cpu" or self.config.dtype != "auto":
-                raise ValueError(f"quantization {quantization!r} is for the CPU with dtype auto")
-            stored = weights_format(path)
-            if stored not in ("F32", "F16", "BF16"):  # as llama-quantize, which requantizes only when told
-                raise ValueError(f"quantization {quantization!r} quantizes float weights; this checkpoint's are "
-                                 f"already {stored}")
-            if not cpu_kernels.enabled_by_env() or cpu_kernels.load() is None:
-                raise ValueError(f"quantization {quantization!r} needs the C++ CPU kernels "
-                                 "(engine/layers/cpu_kernels.py), which are off or did not build here")
+        ``quantization`` q8_0/q4_0 quantizes what was kept."""
+        if self.config.quantization in QUANTIZATIONS:
+            self._check_block_quantization(path)
             return True
-        if self.config.dtype != "auto" or self.device.type != "cpu" or quantization is not None:
+        if self.config.dtype != "auto" or self.device.type != "cpu" or self.config.quantization is not None:
             return False
         return cpu_kernels.enabled_by_env() and cpu_kernels.load() is not None
+
+    def _check_block_quantization(self, path: str) -> None:
+        quantization = self.config.quantization
+        if self.device.type != "cpu" or self.config.dtype != "auto":
+            raise ValueError(f"quantization {quantization!r} is for the CPU with dtype auto")
+        stored = weights_format(path)
+        if stored not in ("F32", "F16", "BF16"):  # as llama-quantize, which requantizes only when told
+            raise ValueError(f"quantization {quantization!r} quantizes float weights; this checkpoint's are "
+                             f"already {stored}")
+        if not cpu_kernels.enabled_by_env() or cpu_kernels.load() is None:
+            raise ValueError(f"quantization {quantization!r} needs the C++ CPU kernels "
+                             "(engine/layers/cpu_kernels.py), which are off or did not build here")
 
     @torch.inference_mode()
     def _calibration_forward(self) -> None:
