@@ -58,9 +58,10 @@ namespace avx2 {
 // 16 registers: a 3 x 4 tile of accumulators, the 3 activation vectors and one converted weight
 // vector at a time (7 loads and 4 conversions per 12 FMAs)
 constexpr int RM = 3, RN = 4, LANES = 8;
-// activations handled per pass: a block of MB rows x KB columns (~128 KB) stays in L2 while every
-// weight row of the thread's share streams past it once
-constexpr int64_t MB = 63, KB = 512;
+// activations handled per pass: a block of at most MB rows x 32k values (128 KB) stays in L2 while
+// every weight row of the thread's share streams past it once. Few rows take whole rows of weights
+// at a time (a decode: a piece of each row per pass would defeat the prefetcher).
+constexpr int64_t MB = 63, BLOCK_VALUES = 32768;
 
 template <int64_t TYPE>
 inline __m256 load_w(const uint16_t* p) {
@@ -120,10 +121,11 @@ inline void rows(const float* x, int64_t m0, int64_t m1, int64_t K, int64_t k0, 
 template <int64_t TYPE>
 inline void gemm_t(const float* x, int64_t T, int64_t K, const uint16_t* w, int64_t ldw, int64_t n0, int64_t n1,
                    float* y, int64_t ldy) {
+  const int64_t kb = std::max<int64_t>(LANES, BLOCK_VALUES / std::min(T, MB) / LANES * LANES);
   for (int64_t m0 = 0; m0 < T; m0 += MB) {
     const int64_t m1 = std::min(T, m0 + MB);
-    for (int64_t k0 = 0; k0 < K; k0 += KB) {
-      const int64_t k1 = std::min(K, k0 + KB);
+    for (int64_t k0 = 0; k0 < K; k0 += kb) {
+      const int64_t k1 = std::min(K, k0 + kb);
       int64_t n = n0;
       for (; n + RN <= n1; n += RN) rows<TYPE, RN>(x, m0, m1, K, k0, k1, w, ldw, n, y, ldy);
       for (; n < n1; ++n) rows<TYPE, 1>(x, m0, m1, K, k0, k1, w, ldw, n, y, ldy);
