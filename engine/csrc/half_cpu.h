@@ -12,7 +12,7 @@
 //
 // One GEMM shape, as for the block formats: a tile of RM activation rows x RN weight rows, each
 // weight vector converted once and used RM times; output rows split across threads; activations
-// taken a cache-sized block at a time, so the weights stream from memory once per block of 63
+// taken a cache-sized block at a time, so the weights stream from memory once per block of 66
 // tokens. Variants: AVX2 + F16C + FMA, and portable scalar code (gq::current_isa() chooses; an
 // AVX-512 machine runs the AVX2 one).
 #pragma once
@@ -58,10 +58,10 @@ namespace avx2 {
 // 16 registers: a 3 x 4 tile of accumulators, the 3 activation vectors and one converted weight
 // vector at a time (7 loads and 4 conversions per 12 FMAs)
 constexpr int RM = 3, RN = 4, LANES = 8;
-// activations handled per pass: a block of at most MB rows x 32k values (128 KB) stays in L2 while
+// activations handled per pass: a block of at most MB rows x 64k values (256 KB) stays in L2 while
 // every weight row of the thread's share streams past it once. Few rows take whole rows of weights
 // at a time (a decode: a piece of each row per pass would defeat the prefetcher).
-constexpr int64_t MB = 63, BLOCK_VALUES = 32768;
+constexpr int64_t MB = 66, BLOCK_VALUES = 65536;
 
 template <int64_t TYPE>
 inline __m256 load_w(const uint16_t* p) {

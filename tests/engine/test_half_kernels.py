@@ -25,7 +25,7 @@ def half_weights(qtype, n, k, seed) -> torch.Tensor:
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("qtype", [Q.F16, Q.BF16], ids=lambda t: t.name)
 # 212: a tail shorter than a vector (4 values past AVX2's 8 lanes); 1100 and 70: more columns and
-# tokens than the kernel takes in one block (32768 / 63 -> 520 columns, 63 tokens)
+# tokens than the kernel takes in one block (65536 / 66 -> 992 columns, 66 tokens)
 @pytest.mark.parametrize("num_tokens, k", [(1, 256), (3, 212), (16, 256), (33, 212), (1, 1100), (70, 1100)])
 def test_half_matmul_equals_the_float64_product(isa, qtype, num_tokens, k):
     n = 37  # whole tiles of 4 rows and a remainder
