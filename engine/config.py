@@ -11,8 +11,9 @@ class EngineConfig:
 
     model: str | None = None  # a .gguf file or a Hugging Face folder
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    # "auto": on CPU a GGUF file's own block formats (Q4_0/Q4_1/Q8_0, engine/layers/blocks.py) and
-    # float32 for the rest, bfloat16 on CUDA | float32 (everything dequantized: the reference) | bfloat16 | float16
+    # "auto": on CPU the weights' own formats (a GGUF file's Q4_0/Q4_1/Q8_0/F16/BF16, a Hugging Face
+    # folder's float16/bfloat16 matrices: engine/layers/blocks.py) and float32 for the rest, bfloat16
+    # on CUDA | float32 (everything dequantized: the reference) | bfloat16 | float16
     dtype: str = "auto"
     max_model_len: int | None = None  # default: the model's context length
     max_num_seqs: int = 64  # sequences decoded together at most
@@ -28,7 +29,9 @@ class EngineConfig:
     seed: int = 0
     chat_template: str | None = None  # a Jinja2 template that replaces the model's own
     kv_cache_dtype: str = "auto"  # "auto" (the model's dtype) | "float16": half the KV memory and reads
-    quantization: str | None = None  # None, or "int8": dynamic int8 linear layers (CPU only)
+    # None | "int8": dynamic int8 linear layers (CPU only) | "q8_0" / "q4_0": the linear layers
+    # quantized at load into that GGUF block format (CPU, dtype auto: engine/layers/block_quantize.py)
+    quantization: str | None = None
     cpu_kernels: bool = True  # the C++ decoder stack on CPU when it builds (GPTSERVE_CPU_KERNELS=0: off, and float32)
     fault_injection_step: int | None = None  # tests only: the forward pass of this step raises
 
@@ -51,7 +54,7 @@ class EngineConfig:
             raise ValueError("kv_cache_memory_gb must be positive")
         if self.kv_cache_dtype not in ("auto", "float16"):
             raise ValueError(f"unsupported kv_cache_dtype {self.kv_cache_dtype!r} (supported: auto, float16)")
-        if self.quantization not in (None, "int8"):
-            raise ValueError(f"unsupported quantization {self.quantization!r} (supported: int8)")
+        if self.quantization not in (None, "int8", "q8_0", "q4_0"):
+            raise ValueError(f"unsupported quantization {self.quantization!r} (supported: int8, q8_0, q4_0)")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError("max_model_len must be at least 1")

@@ -16,6 +16,7 @@ from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.layers.attention import AttentionMetadata
 from engine.layers import cpu_kernels
+from engine.layers.block_quantize import QUANTIZATIONS, quantize_weights
 from engine.layers.blocks import BlockTensor
 from engine.layers.cpu_stack import build_cpu_stack
 from engine.layers.quant import CALIBRATION_TEXT, quantize_int8
@@ -93,6 +94,11 @@ class LLMEngine:
         model_config, weights = load_checkpoint(path, keep_quantized=self.keeps_file_quantization)
         if config.quantization == "int8" and model_config.architecture not in INT8_ARCHITECTURES:
             raise ValueError(f"quantization 'int8' does not cover the {model_config.architecture} family yet")
+        if config.quantization in QUANTIZATIONS:
+            if model_config.architecture not in BLOCK_ARCHITECTURES:
+                raise ValueError(f"quantization {config.quantization!r} does not cover the "
+                                 f"{model_config.architecture} family yet")
+            weights = quantize_weights(weights, QUANTIZATIONS[config.quantization], model_config.tie_word_embeddings)
         if self.keeps_file_quantization and model_config.architecture not in BLOCK_ARCHITECTURES:
             # a family whose layers have no block-format kind yet: the float32 reference
             self.keeps_file_quantization = False
@@ -137,8 +143,10 @@ class LLMEngine:
         self.max_batch_size_seen = 0
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
-        # /v1/models' quantization: the weights as served (int8 layers), else as the file stores them
-        self.quantization = config.quantization or weights_format(path)
+        # /v1/models' quantization: the weights as served (int8 layers, Q8_0 / Q4_0 quantized at
+        # load), else as the file stores them
+        self.quantization = (QUANTIZATIONS[config.quantization].name if config.quantization in QUANTIZATIONS
+                             else config.quantization or weights_format(path))
         self.load_seconds = time.perf_counter() - t0
         logger.info(
             "loaded %s in %.1fs: %s, %s, %d KV blocks of %d tokens (%d tokens)",
@@ -147,13 +155,28 @@ class LLMEngine:
         )
 
     def _keeps_file_quantization(self, path: str) -> bool:
-        """dtype "auto" on the CPU computes a GGUF file's block formats as they are (the C++
-        kernels must load); otherwise the weights are dequantized to float32 (the reference)."""
+        """dtype "auto" on the CPU computes the formats a checkpoint stores as they are (a GGUF
+        file's Q4_0/Q4_1/Q8_0/F16/BF16, a Hugging Face folder's float16/bfloat16 matrices; the C++
+        kernels must load); otherwise the weights are dequantized to float32 (the reference).
+        ``quantization`` q8_0/q4_0 quantizes what was kept."""
+        if self.config.quantization in QUANTIZATIONS:
+            self._check_block_quantization(path)
+            return True
         if self.config.dtype != "auto" or self.device.type != "cpu" or self.config.quantization is not None:
             return False
-        if not path.endswith(".gguf") or not cpu_kernels.enabled_by_env():
-            return False
-        return cpu_kernels.load() is not None
+        return cpu_kernels.enabled_by_env() and cpu_kernels.load() is not None
+
+    def _check_block_quantization(self, path: str) -> None:
+        quantization = self.config.quantization
+        if self.device.type != "cpu" or self.config.dtype != "auto":
+            raise ValueError(f"quantization {quantization!r} is for the CPU with dtype auto")
+        stored = weights_format(path)
+        if stored not in ("F32", "F16", "BF16"):  # as llama-quantize, which requantizes only when told
+            raise ValueError(f"quantization {quantization!r} quantizes float weights; this checkpoint's are "
+                             f"already {stored}")
+        if not cpu_kernels.enabled_by_env() or cpu_kernels.load() is None:
+            raise ValueError(f"quantization {quantization!r} needs the C++ CPU kernels "
+                             "(engine/layers/cpu_kernels.py), which are off or did not build here")
 
     @torch.inference_mode()
     def _calibration_forward(self) -> None:

@@ -75,11 +75,13 @@ class Settings(BaseSettings):
     # engine
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = on CPU a GGUF file's own quantization (Q4_0/Q4_1/Q8_0 computed as stored; "
-        "other formats and Hugging Face folders float32), bfloat16 on CUDA; float32 = dequantize everything (the reference)")
-    quantization: Literal["none", "int8"] = Field(
+        "auto", description="auto = on CPU the weights' own formats (a GGUF file's Q4_0/Q4_1/Q8_0/F16/BF16, a Hugging "
+        "Face folder's bfloat16/float16 computed as stored; other formats float32), bfloat16 on CUDA; "
+        "float32 = dequantize everything (the reference)")
+    quantization: Literal["none", "int8", "q8_0", "q4_0"] = Field(
         "none", description="none = the weights as loaded (exact); int8 = int8 linear layers on the CPU, "
-        "2-3x the throughput for a measured cost in quality (see BENCHMARKS.md)")
+        "2-3x the throughput for a measured cost in quality (see BENCHMARKS.md); q8_0 / q4_0 = the linear "
+        "layers quantized at load into that GGUF block format, as llama-quantize would (CPU; the output layer Q8_0)")
     max_model_len: int | None = Field(None, ge=1, description="context length in tokens (default: the model's)")
     max_num_seqs: int = Field(64, ge=1, description="sequences decoded together at most")
     max_num_batched_tokens: int = Field(1024, ge=1, description="tokens per engine step (prefill chunks + decodes)")

@@ -77,14 +77,15 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
             p.copy_(noise * 0.6 / min(p.shape) ** 0.5)
 
 
-def write_family_hf(dir: str, family: str, *, seed: int = 0) -> str:
-    """A Hugging Face folder for ``family`` (config.json, model.safetensors, tokenizer); returns ``dir``."""
+def write_family_hf(dir: str, family: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> str:
+    """A Hugging Face folder for ``family`` (config.json, model.safetensors, tokenizer), its weights
+    stored in ``dtype``; returns ``dir``."""
     import transformers
 
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(family_config(family), dtype=torch.float32)
     _randomize(model, seed)
-    model.save_pretrained(dir, safe_serialization=True)
+    model.to(dtype).save_pretrained(dir, safe_serialization=True)
     make_tiny_tokenizer_files(dir)
     return dir
 

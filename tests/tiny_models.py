@@ -143,8 +143,11 @@ def write_tiny_hf_model(
     intermediate_size: int = 128,
     max_position_embeddings: int = 512,
     rope_theta: float = 10000.0,
+    dtype: torch.dtype = torch.float32,
 ) -> str:
-    """A Hugging Face folder (config.json, model.safetensors, tokenizer files); returns ``dir``."""
+    """A Hugging Face folder (config.json, model.safetensors, tokenizer files); returns ``dir``.
+    ``dtype`` is the checkpoint's (bfloat16, float16: the float32 weights rounded, as a real
+    release stores them)."""
     from safetensors.torch import save_file
 
     make_tiny_tokenizer_files(dir)
@@ -172,11 +175,11 @@ def write_tiny_hf_model(
         "initializer_range": 0.02,
         "attention_dropout": 0.0,
         "use_cache": True,
-        "torch_dtype": "float32",
+        "torch_dtype": str(dtype).removeprefix("torch."),
     }
     with open(os.path.join(dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
-    save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(dir, "model.safetensors"))
+    save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, os.path.join(dir, "model.safetensors"))
     return dir
 
 

@@ -13,8 +13,8 @@
 // Linear layers are either float32 (at::linear, the same call the Python path makes) or torch's
 // fbgemm int8 (the packed weights of engine/layers/quant.py, with the same per-token activation
 // scaling), or a GGUF block format kept as the file's bytes (quant_cpu.h: Q4_0, Q4_1, Q5_0, Q5_1,
-// Q8_0, Q4_K, Q5_K, Q6_K, computed as ggml-cpu computes them). Prefill chunks attend over the paged pool too,
-// flash-attention style (attention_prefill.h).
+// Q8_0, Q4_K, Q5_K, Q6_K, computed as ggml-cpu computes them), or F16 / BF16 rows as stored
+// (half_cpu.h). Prefill chunks attend over the paged pool too, flash-attention style (attention_prefill.h).
 #include <torch/extension.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <ATen/Parallel.h>

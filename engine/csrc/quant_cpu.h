@@ -131,6 +131,12 @@ inline std::vector<std::string> supported_isas() {
   return out;
 }
 
+}  // namespace gq
+
+#include "half_cpu.h"  // F16 / BF16 parts (it uses Isa, above)
+
+namespace gq {
+
 // The activations quantized as the parts' formats need them, each kind once: Q8_0/Q8_1 for the
 // 32-value formats, Q8_K for the K formats.
 struct Acts {
@@ -155,7 +161,8 @@ inline void gemm_part(Isa isa, int64_t type, const Acts& acts, const uint8_t* w,
 
 // y (T, sum N_i) = x (T, K) [W_0; W_1; ...]^T for W_i (N_i, row bytes) raw blocks of types[i]:
 // a fused projection (q/k/v, gate/up) kept as the file's separate tensors, each part in its own
-// format (Q4_K_M files mix Q4_K and Q6_K), the activations quantized once per kind.
+// format (Q4_K_M files mix Q4_K and Q6_K), the activations quantized once per kind (F16 / BF16
+// parts: half_cpu.h, on the float32 activations).
 inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, const std::vector<int64_t>& types,
                            const std::vector<int64_t>& ns, int64_t K, Isa isa) {
   TORCH_CHECK(ws.size() == types.size() && ws.size() == ns.size() && !ws.empty(), "one type and size per part");
@@ -172,7 +179,7 @@ inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, co
     TORCH_CHECK(w.stride(1) == 1, "w rows must be contiguous");
     N += ns[i];
     if (is_k(types[i])) needs_q8k = true;
-    else needs_q8 = true;
+    else if (!is_half(types[i])) needs_q8 = true;
   }
   const Tensor x = x_in.to(at::kFloat).contiguous();
   const int64_t T = x.size(0);
@@ -186,6 +193,11 @@ inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, co
     const uint8_t* wp = ws[i].data_ptr<uint8_t>();
     const int64_t ldw = ws[i].stride(0), n = ns[i], type = types[i];
     float* yp = y.data_ptr<float>() + offset;
+    if (is_half(type)) {
+      half::matmul(type, x.data_ptr<float>(), T, K, reinterpret_cast<const uint16_t*>(wp), ldw / 2, n, yp, N, isa);
+      offset += n;
+      continue;
+    }
     // tasks of whole 4-row tiles, each at least ~32k multiply-adds so threads pay for themselves
     const int64_t tiles = (n + 3) / 4;
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 4 * K * T));
@@ -211,7 +223,7 @@ inline Tensor dequantize(const Tensor& w, int64_t type, int64_t K) {
   Tensor out = at::empty({R, K}, at::TensorOptions().dtype(at::kFloat));
   const uint8_t* wp = wc.data_ptr<uint8_t>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, R * nb, 1024 / (bv / QK), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R * nb, 32768 / bv, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) dequantize_block(type, wp + i * bb, op + i * bv);
   });
   return out;

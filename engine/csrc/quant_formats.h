@@ -34,9 +34,11 @@ constexpr int64_t QK = 32;     // values per block of the 32-value formats and o
 constexpr int64_t QK_K = 256;  // values per super-block of the K formats and of Q8_K
 
 // the types with a kernel (engine/layers/blocks.py's NATIVE_TYPES, kept equal by a test)
-inline std::vector<int64_t> native_types() { return {Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K}; }
+inline std::vector<int64_t> native_types() { return {Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16}; }
 inline bool is_k(int64_t type) { return type == Q4_K || type == Q5_K || type == Q6_K; }
-inline int64_t block_values(int64_t type) { return is_k(type) ? QK_K : QK; }
+// F16 / BF16 rows (half_cpu.h) are "blocks" of one 2-byte value
+inline bool is_half(int64_t type) { return type == F16 || type == BF16; }
+inline int64_t block_values(int64_t type) { return is_k(type) ? QK_K : is_half(type) ? 1 : QK; }
 
 inline int64_t block_bytes(int64_t type) {
   switch (type) {
@@ -48,9 +50,10 @@ inline int64_t block_bytes(int64_t type) {
     case Q4_K: return 144;  // d, dmin, scales[12], qs[128]
     case Q5_K: return 176;  // d, dmin, scales[12], qh[32], qs[128]
     case Q6_K: return 210;  // ql[128], qh[64], scales[16] (int8), d
+    case F16: case BF16: return 2;
     default:
       TORCH_CHECK(false, "ggml type ", type, " has no native kernel (supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, ",
-                  "Q4_K, Q5_K, Q6_K)");
+                  "Q4_K, Q5_K, Q6_K, F16, BF16)");
   }
   return 0;
 }
@@ -66,6 +69,13 @@ inline float h2f(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return c10::detail::fp16_ieee_to_fp32_value(h);
+}
+inline float half_to_float(int64_t type, uint16_t h) {
+  if (type == F16) return c10::detail::fp16_ieee_to_fp32_value(h);
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;  // BF16: float32's top half
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
 }
 inline float round_fp16(float x) {
   return c10::detail::fp16_ieee_to_fp32_value(c10::detail::fp16_ieee_from_fp32_value(x));
@@ -239,12 +249,18 @@ inline void unpack_block(int64_t type, const uint8_t* blk, Unpacked& u) {
       u.d = h2f(blk + 208), u.group = 16;
       return;
     }
-    default: block_bytes(type);  // refuses it by name
+    default: TORCH_CHECK(!is_half(type), "F16/BF16 rows have no blocks to unpack"); block_bytes(type);  // refuses it by name
   }
 }
 
 // float values of one block, as gguf's dequantize (the products of small integers are exact)
 inline void dequantize_block(int64_t type, const uint8_t* blk, float* out) {
+  if (is_half(type)) {
+    uint16_t h;
+    std::memcpy(&h, blk, 2);
+    *out = half_to_float(type, h);
+    return;
+  }
   Unpacked u;
   unpack_block(type, blk, u);
   for (int64_t i = 0; i < block_values(type); ++i) {

@@ -2,10 +2,12 @@
 
 A ``BlockTensor`` is a 2-D weight as the file stores it: uint8 rows of blocks (rows = output
 features), memory-mapped from the file where it can be; fused projections stack them by rows
-without copying (``StackedBlocks``). ``BlockLinear`` multiplies with the C++
-block GEMM (engine/csrc/quant_cpu.h: activations quantized per block of 32, or of 256 for the K
-formats, as ggml-cpu does, so the result is that file's model); ``BlockEmbedding`` dequantizes only
-the rows a step looks up.
+without copying (``StackedBlocks``). F16 and BF16 (a GGUF file's, or a Hugging Face
+checkpoint's float16/bfloat16 weights) are held the same way, one 2-byte value per "block".
+``BlockLinear`` multiplies with the C++ GEMM (engine/csrc/quant_cpu.h: activations quantized
+per block of 32, or of 256 for the K formats, as ggml-cpu does, so the result is that file's
+model; half_cpu.h for F16/BF16, float32 activations); ``BlockEmbedding`` dequantizes only the
+rows a step looks up.
 Both need the C++ kernels; the engine keeps a file quantized only when they load
 (engine/llm_engine.py), otherwise it dequantizes to float32 as before.
 """
@@ -26,7 +28,10 @@ from torch import nn
 NATIVE_TYPES = frozenset({
     GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q5_1,
     GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q5_K, GGMLQuantizationType.Q6_K,
+    GGMLQuantizationType.F16, GGMLQuantizationType.BF16,
 })
+# the 16-bit float types, as torch names them: their rows are torch tensors of these viewed as bytes
+HALF_DTYPES = {GGMLQuantizationType.F16: torch.float16, GGMLQuantizationType.BF16: torch.bfloat16}
 
 
 @dataclass
@@ -43,14 +48,21 @@ class BlockTensor:
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             return cls(torch.from_numpy(raw), GGMLQuantizationType(qtype), (int(shape[0]), int(shape[1])))
 
+    @classmethod
+    def from_half(cls, weight: torch.Tensor) -> BlockTensor:
+        """A float16/bfloat16 (rows, cols) tensor as F16/BF16 rows, its bytes shared (no copy when contiguous)."""
+        qtype = next(q for q, dtype in HALF_DTYPES.items() if dtype == weight.dtype)
+        return cls(weight.contiguous().view(torch.uint8), qtype, (weight.shape[0], weight.shape[1]))
+
     @property
     def nbytes(self) -> int:
         return self.raw.numel()
 
     def dequantize(self) -> torch.Tensor:
         """float32 (rows, cols): the torch reference path and formats without a kernel."""
+        if self.qtype in HALF_DTYPES:
+            return self.raw.view(HALF_DTYPES[self.qtype]).float()
         return torch.from_numpy(np.asarray(dequantize(self.raw.numpy(), self.qtype), dtype=np.float32))
-
 
 
 class StackedBlocks(list):
@@ -117,4 +129,6 @@ class BlockEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.blocks.index_select(0, ids.reshape(-1))
+        if self.qtype in HALF_DTYPES:
+            return rows.view(HALF_DTYPES[self.qtype]).float().view(*ids.shape, self.embedding_dim)
         return _kernels().quant_dequantize(rows, self.qtype, self.embedding_dim).view(*ids.shape, self.embedding_dim)

@@ -29,13 +29,14 @@ def load_checkpoint(path: str, keep_quantized: bool = False):
     Returns ``(ModelConfig, dict[str, torch.Tensor])``: float32 tensors named
     ``model.embed_tokens.weight``, ``model.layers.{i}.self_attn.q_proj.weight`` … in torch Linear
     shape (out_features, in_features); ``lm_head.weight`` is absent when tied. With
-    ``keep_quantized``, a GGUF file's weights in a natively computed block format come as
-    ``engine.layers.blocks.BlockTensor`` (the file's bytes, memory-mapped) instead.
+    ``keep_quantized``, weights in a format the C++ kernels compute on (a GGUF file's Q4_0, Q4_1,
+    Q8_0, F16, BF16; a Hugging Face folder's float16/bfloat16 matrices) come as
+    ``engine.layers.blocks.BlockTensor`` (the file's bytes) instead.
     """
     if os.path.isdir(path):
         from engine.loader.safetensors import load_hf_folder
 
-        return load_hf_folder(path)
+        return load_hf_folder(path, keep_quantized=keep_quantized)
     if path.endswith(".gguf") and os.path.isfile(path):
         from engine.loader.gguf import load_gguf
 

@@ -1,4 +1,5 @@
-"""Hugging Face folder (config.json + *.safetensors, maybe sharded) → ModelConfig + float32 tensors."""
+"""Hugging Face folder (config.json + *.safetensors, maybe sharded) → ModelConfig + float32 tensors,
+or with ``keep_quantized`` the float16/bfloat16 matrices as they are stored (F16/BF16 ``BlockTensor``)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import os
 import torch
 from safetensors.torch import load_file
 
+from engine.layers.blocks import HALF_DTYPES, BlockTensor
 from engine.loader.progress import progress
 from engine.models.config import ModelConfig
 
@@ -152,8 +154,10 @@ def safetensors_files(folder: str) -> list[str]:
     return [os.path.join(folder, f) for f in files]
 
 
-def load_hf_folder(folder: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Read a Hugging Face model folder: its ModelConfig and float32 tensors (HF names kept)."""
+def load_hf_folder(folder: str, keep_quantized: bool = False) -> tuple[ModelConfig, dict[str, torch.Tensor | BlockTensor]]:
+    """Read a Hugging Face model folder: its ModelConfig and float32 tensors (HF names kept); with
+    ``keep_quantized`` the float16/bfloat16 matrices stay in their dtype as F16/BF16 BlockTensors
+    (what the C++ kernels compute on), the rest (norms, biases) float32."""
     config = read_hf_config(folder)
     tensors: dict[str, torch.Tensor] = {}
     for path in safetensors_files(folder):
@@ -166,7 +170,10 @@ def load_hf_folder(folder: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
                     continue  # old GPT-2 files store the causal mask as a buffer
                 name = name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name
                 tensor = tensor.t() if name.endswith(_CONV1D_WEIGHTS) else tensor
-            tensors[name] = tensor.float().contiguous() if tensor.is_floating_point() else tensor
+            if keep_quantized and tensor.dim() == 2 and tensor.dtype in HALF_DTYPES.values():
+                tensors[name] = BlockTensor.from_half(tensor)
+            else:
+                tensors[name] = tensor.float().contiguous() if tensor.is_floating_point() else tensor
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
     elif "lm_head.weight" not in tensors:

@@ -92,8 +92,20 @@ def test_quantization_flag_reaches_the_engine_config(monkeypatch):
     seen.clear()
     app_module.build_engine(Settings())
     assert seen["c"].quantization is None  # exact weights unless asked
+    seen.clear()
+    app_module.build_engine(Settings(**vars(serve_parser().parse_args(["--quantization", "q4_0"]))))
+    assert seen["c"].quantization == "q4_0"
     with pytest.raises(ValueError):
         Settings(quantization="int4")
+
+
+def test_a_bad_quantization_flag_names_the_choices(capsys):
+    from server.__main__ import serve
+
+    assert serve(["--quantization", "q5_0"]) == 2
+    err = capsys.readouterr().err
+    assert "--quantization" in err and "'q8_0'" in err and "'q4_0'" in err
+    assert "q8_0 / q4_0 = the linear layers quantized at load" in " ".join(serve_parser().format_help().split())
 
 
 def test_kv_cache_dtype_flag_and_env_reach_the_engine_config(monkeypatch):
