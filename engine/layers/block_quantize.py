@@ -6,7 +6,7 @@ on blocks of rows, one per thread (numpy lets go of the GIL): a 135M model takes
 on one core (a torch copy of the same arithmetic was no faster).
 
 Which tensors, after llama-quantize's choices: the decoder's linear layers get the chosen format;
-the output layer gets more bits (llama.cpp: Q6_K beside Q4_0; here Q8_0, the nearest format with a
+the output layer gets more bits (llama.cpp: Q6_K beside Q4_0; here Q8_0, the nearest format gguf's Python quantizers write, with a
 native kernel), and when it is tied to the token embeddings, they are that Q8_0 tensor too (as in
 SmolLM2's GGUF files). Untied embeddings stay as loaded: a step reads a few of their rows. A
 matrix whose rows are not whole blocks of 32 stays as loaded.
