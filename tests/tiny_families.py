@@ -90,9 +90,10 @@ def write_family_hf(dir: str, family: str, *, seed: int = 0, dtype: torch.dtype 
     return dir
 
 
-def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
-    """The weights of the HF folder ``hf_dir`` as an F32 GGUF file, as llama.cpp's converter writes
-    ``family``; returns ``path``."""
+def write_family_gguf(path: str, hf_dir: str, family: str, qtype: str = "F32") -> str:
+    """The weights of the HF folder ``hf_dir`` as a GGUF file, as llama.cpp's converter writes
+    ``family``; returns ``path``. ``qtype`` (one gguf quantizes in Python: Q4_0, Q4_1, Q5_0, Q8_0 …)
+    holds every 2-D weight, 1-D ones staying F32."""
     import gguf
     from safetensors.torch import load_file
 
@@ -159,7 +160,12 @@ def write_family_gguf(path: str, hf_dir: str, family: str) -> str:
     add_tiny_tokenizer(writer)
     for name, array in weights.items():
         base, _, suffix = name.rpartition(".")
-        writer.add_tensor(f"{names.get_name(base)}.{suffix}", array)
+        gguf_name = f"{names.get_name(base)}.{suffix}"
+        if array.ndim == 2 and qtype != "F32":
+            target = gguf.GGMLQuantizationType[qtype]
+            writer.add_tensor(gguf_name, gguf.quants.quantize(array, target), raw_dtype=target)
+        else:
+            writer.add_tensor(gguf_name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.attention import AttentionMetadata, paged_attention
+from engine.layers.blocks import BlockTensor, stack_rows
 from engine.layers.cpu_stack import StackLayer, StackSpec
 from engine.layers.rotary import RotaryEmbedding, apply_rotary
 from engine.models.config import ModelConfig
 from engine.models.llama import RMSNorm
-from engine.models.weights import WeightCopier
+from engine.models.weights import WeightCopier, tie_output
 
 
 class Gemma3Attention(nn.Module):
@@ -98,7 +99,7 @@ class Gemma3ForCausalLM(nn.Module):
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
+            self.lm_head = tie_output(self.embed_tokens, self.lm_head)
 
     def reset_rotary(self, device: torch.device | None) -> None:
         """(Re)build the float32 cos/sin tables of both layer kinds on ``device``."""
@@ -140,8 +141,9 @@ class Gemma3ForCausalLM(nn.Module):
         return torch.tanh(logits / cap) * cap if cap else logits
 
     @torch.no_grad()
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Copy Hugging Face-named tensors in: q/k/v and gate/up fused, every norm stored as ``1 + w``."""
+    def load_weights(self, weights: dict[str, torch.Tensor | BlockTensor]) -> None:
+        """Copy Hugging Face-named tensors in: q/k/v and gate/up fused (stacked by rows when kept as
+        GGUF blocks), every norm stored as ``1 + w``."""
         copier = WeightCopier(self, weights)
         copier.put("embed_tokens.weight", copier.take("model.embed_tokens.weight"))
         copier.put("norm.weight", 1.0 + copier.take("model.norm.weight"))
@@ -153,11 +155,11 @@ class Gemma3ForCausalLM(nn.Module):
             src, dst = f"model.layers.{i}.", f"layers.{i}."
             for norm in norms:
                 copier.put(f"{dst}{norm}.weight", 1.0 + copier.take(f"{src}{norm}.weight"))
-            copier.put(dst + "self_attn.qkv_proj.weight", torch.cat([copier.take(f"{src}self_attn.{p}_proj.weight")
-                                                                     for p in "qkv"]))
+            copier.put(dst + "self_attn.qkv_proj.weight", stack_rows([copier.take(f"{src}self_attn.{p}_proj.weight")
+                                                                      for p in "qkv"]))
             copier.copy(dst + "self_attn.o_proj.weight", src + "self_attn.o_proj.weight")
-            copier.put(dst + "mlp.gate_up_proj.weight", torch.cat([copier.take(f"{src}mlp.{p}_proj.weight")
-                                                                   for p in ("gate", "up")]))
+            copier.put(dst + "mlp.gate_up_proj.weight", stack_rows([copier.take(f"{src}mlp.{p}_proj.weight")
+                                                                    for p in ("gate", "up")]))
             copier.copy(dst + "mlp.down_proj.weight", src + "mlp.down_proj.weight")
         copier.check_all_used()
         self.tie_weights()  # the loaded embedding is a new parameter

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.attention import AttentionMetadata, paged_attention
+from engine.layers.blocks import BlockTensor
 from engine.layers.cpu_stack import StackLayer, StackSpec
 from engine.models.config import ModelConfig
-from engine.models.weights import WeightCopier
+from engine.models.weights import WeightCopier, tie_output
 
 # HF activation_function → torch; "gelu_new" (GPT-2's) is the tanh approximation.
 ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
@@ -74,7 +75,7 @@ class GPT2LMHeadModel(nn.Module):
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.wte.weight
+            self.lm_head = tie_output(self.wte, self.lm_head)
 
     def reset_rotary(self, device: torch.device) -> None:
         """No rotary tables: positions are learned embeddings."""
@@ -100,10 +101,11 @@ class GPT2LMHeadModel(nn.Module):
         return self.lm_head(hidden).float()  # (N, vocab)
 
     @torch.no_grad()
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Copy ``transformer.*``-named tensors in (Linear layout); fail on anything missing or left over."""
+    def load_weights(self, weights: dict[str, torch.Tensor | BlockTensor]) -> None:
+        """Copy ``transformer.*``-named tensors in (Linear layout); fail on anything missing or left over.
+        A weight kept as GGUF blocks turns its Linear (bias kept) or Embedding into the block-format layer."""
         copier = WeightCopier(self, weights)
-        for name, _ in self.named_parameters():
+        for name in [name for name, _ in self.named_parameters()]:  # (put swaps modules: list them first)
             if name == "lm_head.weight":
                 if not self.config.tie_word_embeddings:
                     copier.copy(name, "lm_head.weight")

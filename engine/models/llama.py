@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.attention import AttentionMetadata, paged_attention
-from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor, StackedBlocks, stack_rows
+from engine.layers.blocks import BlockTensor, stack_rows
 from engine.layers.cpu_stack import StackLayer, StackSpec
 from engine.layers.rotary import RotaryEmbedding, apply_rotary
 from engine.models.config import ModelConfig
+from engine.models.weights import WeightCopier, tie_output
 
 
 class RMSNorm(nn.Module):
@@ -96,12 +97,8 @@ class LlamaForCausalLM(nn.Module):
         self.cpu_stack = None  # engine/layers/cpu_stack.py: the decoder layers in C++ (set by the engine)
 
     def tie_weights(self) -> None:
-        if not self.config.tie_word_embeddings:
-            return
-        if isinstance(self.embed_tokens, BlockEmbedding):  # the output layer computes on the same blocks
-            self.lm_head = BlockLinear(self.embed_tokens.block_tensor())
-        else:
-            self.lm_head.weight = self.embed_tokens.weight
+        if self.config.tie_word_embeddings:
+            self.lm_head = tie_output(self.embed_tokens, self.lm_head)
 
     def reset_rotary(self, device: torch.device | None) -> None:
         """(Re)build the float32 cos/sin tables on ``device`` (after meta init or a dtype cast)."""
@@ -141,30 +138,8 @@ class LlamaForCausalLM(nn.Module):
         itself (no copy, no float32 allocation first). A ``BlockTensor`` replaces its Linear or
         Embedding with the block-format layer (engine/layers/blocks.py)."""
         cfg = self.config
-        taken: set[str] = set()
-
-        def take(name: str) -> torch.Tensor:
-            if name not in weights:
-                raise ValueError(f"checkpoint is missing tensor {name!r}")
-            taken.add(name)
-            return weights[name]
-
-        def put(name: str, value: torch.Tensor | BlockTensor | StackedBlocks) -> None:
-            path, attr = name.rsplit(".", 1)
-            module = self.get_submodule(path)
-            expected = tuple(getattr(module, attr).shape)
-            if tuple(value.shape) != expected:
-                raise ValueError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {expected}")
-            if isinstance(value, (BlockTensor, StackedBlocks)):
-                parent, child = path.rsplit(".", 1) if "." in path else ("", path)
-                layer = BlockEmbedding(value) if isinstance(module, nn.Embedding) else BlockLinear(value, module.bias)
-                setattr(self.get_submodule(parent) if parent else self, child, layer)
-            else:
-                setattr(module, attr, nn.Parameter(value.detach(), requires_grad=False))
-
-        def cat(parts: list) -> torch.Tensor | StackedBlocks:
-            return stack_rows(parts) if any(isinstance(p, BlockTensor) for p in parts) else torch.cat(parts)
-
+        copier = WeightCopier(self, weights)
+        take, put = copier.take, copier.put
         put("embed_tokens.weight", take("model.embed_tokens.weight"))
         put("norm.weight", take("model.norm.weight"))
         if not cfg.tie_word_embeddings:
@@ -176,7 +151,8 @@ class LlamaForCausalLM(nn.Module):
             if src + "self_attn.qkv_proj.weight" in weights:  # Phi-3 ships them fused
                 put(dst + "self_attn.qkv_proj.weight", take(src + "self_attn.qkv_proj.weight"))
             else:
-                put(dst + "self_attn.qkv_proj.weight", cat([take(f"{src}self_attn.{p}_proj.weight") for p in "qkv"]))
+                qkv = [take(f"{src}self_attn.{p}_proj.weight") for p in "qkv"]
+                put(dst + "self_attn.qkv_proj.weight", stack_rows(qkv))
             if cfg.attention_bias:
                 put(dst + "self_attn.qkv_proj.bias", torch.cat([take(f"{src}self_attn.{p}_proj.bias") for p in "qkv"]))
             put(dst + "self_attn.o_proj.weight", take(src + "self_attn.o_proj.weight"))
@@ -186,10 +162,8 @@ class LlamaForCausalLM(nn.Module):
             if src + "mlp.gate_up_proj.weight" in weights:
                 put(dst + "mlp.gate_up_proj.weight", take(src + "mlp.gate_up_proj.weight"))
             else:
-                put(dst + "mlp.gate_up_proj.weight", cat([take(f"{src}mlp.{p}_proj.weight") for p in ("gate", "up")]))
+                gate_up = [take(f"{src}mlp.{p}_proj.weight") for p in ("gate", "up")]
+                put(dst + "mlp.gate_up_proj.weight", stack_rows(gate_up))
             put(dst + "mlp.down_proj.weight", take(src + "mlp.down_proj.weight"))
-        unused = sorted(set(weights) - taken - {"lm_head.weight"})
-        unused = [n for n in unused if "rotary_emb" not in n]
-        if unused:
-            raise ValueError(f"checkpoint has tensors this model does not use: {', '.join(unused[:5])}")
+        copier.check_all_used()
         self.tie_weights()

@@ -17,9 +17,9 @@ _MODEL_CLASSES = {
     "phi3": ("engine.models.llama", "LlamaForCausalLM"),
 }
 
-# Families whose model (engine/models/llama.py) takes GGUF block-format weights as they are
-# (engine/layers/blocks.py); the others get them dequantized to float32.
-BLOCK_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+# Families whose model takes GGUF block-format weights as they are (engine/layers/blocks.py);
+# the others get them dequantized to float32.
+BLOCK_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "gpt2"})
 
 # Families whose layers engine/layers/quant.py knows how to smooth and swap for int8.
 INT8_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3"})

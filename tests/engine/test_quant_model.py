@@ -22,6 +22,7 @@ from engine.layers.cpu_kernels import load
 from engine.loader.gguf import hf_tensor_name, load_gguf, read_gguf
 from tests.engine.test_quant import prompt_logprobs
 from tests.engine.test_quant_kernels import reference_matmul
+from tests.tiny_families import write_family_gguf, write_family_hf
 from tests.tiny_models import write_tiny_gguf
 
 pytestmark = pytest.mark.skipif(load() is None, reason="the C++ kernels could not be built here")
@@ -165,3 +166,47 @@ def test_a_requests_tokens_do_not_depend_on_the_batch(quantized_gguf):
         [[solo]] = LLMEngine(EngineConfig(**config)).generate([prompt], params)
         assert solo.token_ids == ids
         assert [lp.logprob for lp in solo.logprobs] == lps
+
+
+@pytest.fixture(scope="module", params=["gemma3", "gemma2", "gpt2"])
+def quantized_family(request, tmp_path_factory) -> tuple[str, str]:
+    """(family, GGUF path): tests/tiny_families.py's tiny model, every 2-D weight in Q4_1."""
+    pytest.importorskip("transformers")
+    hf_dir = write_family_hf(str(tmp_path_factory.mktemp(f"hf-{request.param}")), request.param)
+    path = str(tmp_path_factory.mktemp("q") / f"tiny-{request.param}-Q4_1.gguf")
+    return request.param, write_family_gguf(path, hf_dir, request.param, qtype="Q4_1")
+
+
+def test_other_families_compute_on_the_blocks(quantized_family):
+    """Gemma 2/3 (tied output over the embedding's blocks, the embedding scaled after the lookup)
+    and GPT-2 (fused q/k/v with a bias, learned positions): every weight stays blocks, the C++
+    stack computes what the Python layers compute on them, close to the float32 reference."""
+    family, path = quantized_family
+    config = dict(model=path, num_threads=1, kv_cache_memory_gb=0.01)
+    engine = LLMEngine(EngineConfig(**config))
+    model = engine.model
+    assert engine.keeps_file_quantization and model.cpu_stack is not None
+    assert "Q4_1 x" in engine.weight_formats
+    if family == "gpt2":
+        embeddings = (model.wte, model.wpe)
+        linears = [m for block in model.h for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc,
+                                                      block.mlp.c_proj)]
+        assert all(linear.bias is not None for linear in linears)
+    else:
+        embeddings = (model.embed_tokens,)
+        linears = [m for layer in model.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                                                         layer.mlp.gate_up_proj, layer.mlp.down_proj)]
+        [head] = model.lm_head.parts
+        assert head.raw.data_ptr() == model.embed_tokens.blocks.data_ptr()  # tied: one copy
+    assert all(isinstance(e, BlockEmbedding) for e in embeddings)
+    assert all(isinstance(m, BlockLinear) for m in [*linears, model.lm_head])
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
+    python = LLMEngine(EngineConfig(**config, cpu_kernels=False))
+    assert python.model.cpu_stack is None and python.keeps_file_quantization
+    for (ids, lps), (ref_ids, ref_lps) in zip(_generate(engine, params), _generate(python, params)):
+        assert ids == ref_ids
+        np.testing.assert_allclose(lps, ref_lps, atol=1e-4)
+    got = prompt_logprobs(engine, PROMPTS[1])
+    np.testing.assert_allclose(got.numpy(), prompt_logprobs(python, PROMPTS[1]).numpy(), atol=1e-4)
+    exact = LLMEngine(EngineConfig(**config, dtype="float32"))
+    assert (prompt_logprobs(exact, PROMPTS[1]) - got).abs().max() < 0.1  # activations rounded to 8 bits a block
