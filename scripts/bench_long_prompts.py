@@ -6,6 +6,7 @@ default settings unless flags say otherwise, one request at a time:
     python scripts/bench_long_prompts.py --lengths 500,1000,2000,4000,8000
     python scripts/bench_long_prompts.py --lengths 8000 --beside      # a decode stream beside it
     python scripts/bench_long_prompts.py --step-times 256,512,1024 --contexts 0,4000,7000
+    python scripts/bench_long_prompts.py --llama-server http://127.0.0.1:8080   # side by side
 
 Prompts are exactly N tokens of clients/bench.py's seeded synthetic text (distinct per length,
 so no prefix-cache hits). TTFT: add_request → the step that returns the first token. With
@@ -15,6 +16,10 @@ decode stream's inter-token gaps while the prefill runs are reported (p50, p99, 
 With --step-times, one engine step's forward pass is timed directly (the cache's contents do not
 change its cost): a decode alone, and a decode beside a prefill chunk of each size starting at
 each context position: the inter-token latency a stream sees beside that chunk.
+With --llama-server URL, each length is also sent, as the same token ids, to a running llama.cpp
+llama-server (/completion, one token, no prompt cache; started with -c above the longest prompt
+and the same model file) right after gptserve's run: its TTFT is the request's wall time, and
+its own prompt_ms is reported beside it.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import statistics
 import sys
 import time
 
+import httpx
 import torch
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # after PYTHONPATH
@@ -92,6 +98,19 @@ def beside(engine: LLMEngine, long_ids: list[int], decode_tokens: int) -> dict:
     return {"prompt_tokens": len(long_ids), "ttft_s": long_ttft, "solo": stats(solo), "beside_prefill": stats(during)}
 
 
+def llama_server_ttft(url: str, ids: list[int]) -> dict:
+    """One request's wall time (prefill and a token) and llama-server's own prompt_ms."""
+    body = {"prompt": ids, "n_predict": 1, "cache_prompt": False, "temperature": 0}
+    start = time.perf_counter()
+    reply = httpx.post(f"{url.rstrip('/')}/completion", json=body, timeout=3600)
+    wall = time.perf_counter() - start
+    reply.raise_for_status()
+    timings = reply.json()["timings"]
+    if timings["prompt_n"] < len(ids):
+        raise SystemExit(f"llama-server evaluated {timings['prompt_n']} of {len(ids)} prompt tokens (cached?)")
+    return {"ttft_s": wall, "prompt_ms": timings["prompt_ms"]}
+
+
 @torch.inference_mode()
 def step_time(engine: LLMEngine, chunk: int, context: int, reps: int = 2) -> float:
     """Seconds for one forward pass: a decode at position 99 plus ``chunk`` prompt tokens at
@@ -126,6 +145,8 @@ def main() -> None:
     p.add_argument("--decode-tokens", type=int, default=20, help="solo decode steps measured first (--beside)")
     p.add_argument("--step-times", default=None, metavar="CHUNKS", help="time single steps with these chunk sizes")
     p.add_argument("--contexts", default="0,4000,7000", help="--step-times: positions the chunks start at")
+    p.add_argument("--llama-server", default=None, metavar="URL",
+                   help="also time each prompt on this llama-server (same model file), after gptserve")
     p.add_argument("--json-out", default=None)
     args = p.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -150,6 +171,7 @@ def main() -> None:
     results = []
     for n in lengths:
         ids = prompt_ids(engine, n, seed=n)
+        loadavg = open("/proc/loadavg").read().split()[:3]  # the machine may be shared: say how busy it was
         if args.beside:
             row = beside(engine, ids, args.decode_tokens)
             print(f"{n:>6} tokens: TTFT {row['ttft_s']:.2f} s; decode ITL solo p50 {row['solo']['p50_ms']:.0f} ms, "
@@ -158,6 +180,12 @@ def main() -> None:
         else:
             row = {"prompt_tokens": n, "ttft_s": ttft(engine, ids, f"p{n}")}
             print(f"{n:>6} tokens: TTFT {row['ttft_s']:.2f} s", flush=True)
+        row["loadavg"] = loadavg
+        if args.llama_server:
+            row["llama_server"] = llama_server_ttft(args.llama_server, ids)
+            print(f"{n:>6} tokens: llama-server TTFT {row['llama_server']['ttft_s']:.2f} s "
+                  f"(its prompt_ms {row['llama_server']['prompt_ms']:.0f}); load before both {' '.join(loadavg)}",
+                  flush=True)
         results.append(row)
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Build llama.cpp's llama-server (the peer for the CPU comparison) from the llama-cpp-python
-# SOURCE package on PyPI: its vendor/llama.cpp is a pinned llama.cpp checkout.
+# Build llama.cpp's llama-server (the peer for the CPU comparison), llama-quantize (Q4_K_M files
+# for scripts/make_shaped_gguf.py) and llama-perplexity (the quality reference) from the
+# llama-cpp-python SOURCE package on PyPI: its vendor/llama.cpp is a pinned llama.cpp checkout.
 #
 #   scripts/build_llama_server.sh            # -> third_party/llama-cpp-python-$VER/vendor/llama.cpp/build/bin/llama-server
 #
-# Idempotent: exits at once when the binary exists. Prints the binary's path on the last line.
+# Idempotent: exits at once when all three binaries exist. Prints llama-server's path on the last
+# line (the others are beside it).
 # Env: LLAMA_CPP_PYTHON_VERSION (default below), JOBS (default 2), PYTHON (default .venv/bin/python),
 #      NICE (default "nice -n 19"; set NICE= to build at normal priority).
 set -euo pipefail
@@ -17,11 +19,17 @@ NICE="${NICE-nice -n 19}"
 TP="$ROOT/third_party"
 SRC="$TP/llama-cpp-python-$VER"
 LLAMA="$SRC/vendor/llama.cpp"
-BIN="$LLAMA/build/bin/llama-server"
+BIN_DIR="$LLAMA/build/bin"
+TARGETS=(llama-server llama-quantize llama-perplexity)
 
-if [[ -x "$BIN" ]]; then
-    echo "llama-server already built" >&2
-    echo "$BIN"
+built() {
+    local target
+    for target in "${TARGETS[@]}"; do [[ -x "$BIN_DIR/$target" ]] || return 1; done
+}
+
+if built; then
+    echo "${TARGETS[*]} already built" >&2
+    echo "$BIN_DIR/llama-server"
     exit 0
 fi
 
@@ -33,7 +41,10 @@ if [[ ! -d "$LLAMA" ]]; then
         echo "downloading llama-cpp-python==$VER (source) from PyPI" >&2
         "$PYTHON" -m pip download --no-binary :all: --no-deps \
             "llama-cpp-python==$VER" -d "$TP" >&2
-        SDIST="$(ls "$TP"/llama_cpp_python-"$VER".tar.gz "$TP"/llama-cpp-python-"$VER".tar.gz 2>/dev/null | head -n1)"
+        # Not `ls a b | head`: ls fails for the name that is absent, and pipefail ends the script.
+        for SDIST in "$TP/llama_cpp_python-$VER.tar.gz" "$TP/llama-cpp-python-$VER.tar.gz"; do
+            [[ -f "$SDIST" ]] && break
+        done
     fi
     [[ -f "$SDIST" ]] || { echo "source package not found in $TP" >&2; exit 1; }
     echo "unpacking $SDIST" >&2
@@ -57,7 +68,7 @@ command -v ninja >/dev/null 2>&1 && GEN=(-G Ninja)
 echo "configuring llama.cpp in $LLAMA/build" >&2
 $NICE cmake -B build "${GEN[@]}" -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
-echo "building llama-server with $JOBS jobs" >&2
-$NICE cmake --build build --target llama-server -j "$JOBS" >&2
-[[ -x "$BIN" ]] || { echo "build finished but $BIN is missing" >&2; exit 1; }
-echo "$BIN"
+echo "building ${TARGETS[*]} with $JOBS jobs" >&2
+$NICE cmake --build build --target "${TARGETS[@]}" -j "$JOBS" >&2
+built || { echo "build finished but one of ${TARGETS[*]} is missing from $BIN_DIR" >&2; exit 1; }
+echo "$BIN_DIR/llama-server"
