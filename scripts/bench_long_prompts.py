@@ -141,6 +141,8 @@ def main() -> None:
     p.add_argument("--model", default=None, help="a .gguf file or Hugging Face folder (default: built-in SmolLM2)")
     p.add_argument("--max-num-batched-tokens", type=int, default=None, help="tokens per step (default: engine's)")
     p.add_argument("--kv-cache-dtype", default="auto")
+    p.add_argument("--max-decode-slowdown", type=float, default=None,
+                   help="prefill pacing beside decodes (default: engine's; 0: off)")
     p.add_argument("--beside", action="store_true", help="measure a decode stream's latency beside each prompt")
     p.add_argument("--decode-tokens", type=int, default=20, help="solo decode steps measured first (--beside)")
     p.add_argument("--step-times", default=None, metavar="CHUNKS", help="time single steps with these chunk sizes")
@@ -151,6 +153,8 @@ def main() -> None:
     args = p.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     kw = {"max_num_batched_tokens": args.max_num_batched_tokens} if args.max_num_batched_tokens else {}
+    if args.max_decode_slowdown is not None:
+        kw["max_decode_slowdown"] = args.max_decode_slowdown
     longest = max(lengths + [int(c) + int(k) for c in (args.step_times or "0").split(",")
                              for k in args.contexts.split(",")])
     engine = LLMEngine(EngineConfig(model=args.model, max_model_len=max(longest, 1100) + 64,
