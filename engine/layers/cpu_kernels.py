@@ -2,11 +2,12 @@
 
 Built on first use with torch.utils.cpp_extension (the machine's C++ compiler and the ``ninja``
 package), for this CPU (-march=native), into ``$GPTSERVE_KERNEL_CACHE`` (default
-``~/.cache/gptserve/kernels``), in a folder named by the sources (every file in engine/csrc), torch version and CPU, so a
-change to any of them builds afresh; a later process only loads the built library. The sources
-are compiled from a copy inside that folder, so every clone or install of the same source shares
-one build instead of taking turns rebuilding it. A build takes about a
-minute on 2 cores; concurrent processes wait for one build. torch's own build lock is a file
+``~/.cache/gptserve/kernels``), in a folder named by the sources (every file in engine/csrc), torch
+version and CPU, so a change to any of them builds afresh. Once the library is there a process
+imports it directly, without asking torch's builder, which would rebuild it whenever its
+command line differs (another venv's include paths): every clone, install and environment with
+the same sources and torch version shares one build. The sources are compiled from a copy inside
+that folder. A build takes a minute or more on 2 cores; concurrent processes wait for one build. torch's own build lock is a file
 that a killed builder leaves behind, and every later start would wait on it forever, so the build
 runs under an ``flock`` of ours (freed by the kernel when its holder dies), which clears such a
 leftover before building.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import logging
 import os
 import platform
@@ -77,6 +79,22 @@ def _copy_sources(folder: Path) -> Path:
     return folder / _SOURCE.name
 
 
+def _import_built(name: str, folder: Path):
+    """The library a finished build left in ``folder``, imported; None when there is none (or it
+    does not import: a build killed while linking), so that it gets built."""
+    library = folder / f"{name}.so"
+    if not library.exists():
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except ImportError as exc:
+        log.warning("rebuilding the C++ CPU kernels: %s does not import (%s)", library, exc)
+        return None
+
+
 def load():
     """The compiled module, or None when it cannot be built here (the reason is logged once)."""
     global _module, _failed
@@ -94,9 +112,11 @@ def load():
             with open(path / "gptserve.lock", "w") as held:
                 fcntl.flock(held, fcntl.LOCK_EX)  # no other live process is building here now
                 (path / "lock").unlink(missing_ok=True)  # torch's, left by a builder that was killed
-                source = _copy_sources(path / "src")
-                _module = build(name=name, sources=[str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                                build_directory=str(path), verbose=False)
+                _module = _import_built(name, path)
+                if _module is None:
+                    source = _copy_sources(path / "src")
+                    _module = build(name=name, sources=[str(source)], extra_cflags=flags,
+                                    extra_ldflags=["-fopenmp"], build_directory=str(path), verbose=False)
             isa = os.environ.get("GPTSERVE_CPU_ISA", "").strip().lower()
             if isa:
                 log.info("block-format kernels: %s (GPTSERVE_CPU_ISA)", _module.set_isa(isa))

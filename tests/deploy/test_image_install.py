@@ -197,6 +197,9 @@ def test_image_install_and_start_in_a_fresh_venv(image_install: ImageInstall):
             with urllib.request.urlopen(req, timeout=120) as resp:
                 answer = json.load(resp)["choices"][0]["message"]["content"]
             assert answer.strip(), "the baked-in default model answered nothing"
+            # the installed package carries every source the C++ kernels build from (a wheel once
+            # had only the .cpp, and the image silently served on the Python layers)
+            assert "decoder layers: C++" in log.read_text(), log.read_text()[-3000:]
         finally:
             # `docker stop`: SIGTERM, then the grace period (45 s in compose) before SIGKILL.
             t0 = time.monotonic()

@@ -136,7 +136,7 @@ def test_smollm2_greedy_identical_to_python_layers():
     python, native = _engines(None, max_model_len=512, dtype="float32")
     tok = python.tokenizer
     texts = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,"]
-    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     prompts = [tok.encode(t) for t in texts]
     assert [o[0] for o in _run(native, prompts, params)] == [o[0] for o in _run(python, prompts, params)]
 
@@ -224,3 +224,22 @@ def test_a_killed_builders_lock_does_not_hang_the_next_start(monkeypatch):
     (path / "lock").touch()
     assert cpu_kernels.load() is not None, cpu_kernels._failed
     assert not (path / "lock").exists()
+
+
+def test_a_built_library_is_imported_without_torchs_builder(monkeypatch):
+    """Another venv (the image-install test's, a second clone's) finds the library this one built
+    and imports it: torch's builder, which would rebuild it for that venv's include paths under
+    every process loading it, is not asked."""
+    if kernels is None:
+        pytest.skip("the C++ kernels cannot be built here")
+    import torch.utils.cpp_extension
+
+    def no_build(**kw):
+        raise AssertionError("torch's builder was called although the library was built")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_build)
+    monkeypatch.setattr(cpu_kernels, "_module", None)
+    monkeypatch.setattr(cpu_kernels, "_failed", None)
+    module = cpu_kernels.load()
+    assert module is not None, cpu_kernels._failed
+    assert "scalar" in module.supported_isas()  # it runs
