@@ -32,10 +32,15 @@ def log_tail(log_path: Path, num_chars: int = 4000) -> str:
 
 def launch_server(args: list[str], env: dict[str, str] | None, log_path: Path) -> tuple[str, subprocess.Popen]:
     """`python -m server serve --host 127.0.0.1 --port <free> *args`, not waited for: (url, proc).
-    ``env`` is added to this process's environment."""
+    ``env`` is added to this process's environment.
+
+    One compute thread unless ``env`` says otherwise: the suite runs the test process, servers and
+    installs side by side on 2 cores, and a 2-thread OpenMP region waits at its barrier for a
+    thread whose core is busy elsewhere (a whole time slice per op: a decode step went from
+    milliseconds to over a second on this machine under such load)."""
     port = free_port()
     cmd = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     return f"http://127.0.0.1:{port}", proc

@@ -55,7 +55,7 @@ def reasoning_url(tmp_path_factory):
     folder = write_reasoning_model(str(tmp_path_factory.mktemp("tiny-reasoning")))
     log = tmp_path_factory.mktemp("reasoning-server") / "server.log"
     args = ["--model", f"tiny-qwen3={folder}", "--max-model-len", "1024", "--kv-cache-memory-gb", "0.05"]
-    with running_server(args, {"GPTSERVE_API_KEY": API_KEY, "OMP_NUM_THREADS": "1"}, log_path=log) as (url, _, _):
+    with running_server(args, {"GPTSERVE_API_KEY": API_KEY}, log_path=log) as (url, _, _):
         yield url
 
 

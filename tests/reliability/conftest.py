@@ -23,7 +23,7 @@ class ServerProcess:
 
     def __init__(self, model_dir: str, log: Path, *flags: str) -> None:
         self.log = log
-        env = {"GPTSERVE_API_KEY": API_KEY, "OMP_NUM_THREADS": "1"}
+        env = {"GPTSERVE_API_KEY": API_KEY}
         if "--kv-cache-memory-gb" not in flags:  # the default pool (GBs) takes the tiny model seconds to zero
             flags = ("--kv-cache-memory-gb", "0.05", *flags)
         self.url, self.proc = launch_server(["--model", model_dir, *flags], env, log)

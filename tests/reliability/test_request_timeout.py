@@ -32,7 +32,7 @@ def wait_idle(url: str, headers: dict, timeout: float = 10) -> dict:
 
 def test_request_timeout_full_and_streamed(tmp_path):
     args = ["--request-timeout", "3", "--max-model-len", "2048", "--kv-cache-memory-gb", "0.25"]
-    env = {"GPTSERVE_API_KEY": API_KEY, "OMP_NUM_THREADS": "1"}
+    env = {"GPTSERVE_API_KEY": API_KEY}
     with running_server(args, env, log_path=tmp_path / "server.log") as (url, proc, log):
         headers = {"Authorization": f"Bearer {API_KEY}"}
         with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
