@@ -132,7 +132,7 @@ class LLMEngine:
         mc = model_config
         self.scheduler = Scheduler(config, self.block_manager, context_scale(
             mc.hidden_size, mc.intermediate_size, mc.num_attention_heads * mc.head_dim,
-            mc.num_key_value_heads * mc.head_dim, gated=mc.architecture != "gpt2"))
+            mc.num_key_value_heads * mc.head_dim, gated=mc.mlp_gated))
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device, self.kv_dtype)
         if config.fault_injection_step is not None:
             self.runner.fault_hook = self._inject_fault

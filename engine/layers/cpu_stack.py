@@ -46,7 +46,6 @@ class StackSpec:
     softcap: float | None = None  # scores -> softcap · tanh(scores / softcap) (Gemma 2)
     layer_norm: bool = False  # LayerNorm with a bias (GPT-2), else RMSNorm
     gelu: bool = False  # tanh GELU (GPT-2, Gemma), else SiLU
-    gated: bool = True  # act(gate) · up (Llama, Gemma), else act(up) (GPT-2)
 
 
 class CpuStack:
@@ -101,9 +100,9 @@ def build_cpu_stack(model) -> CpuStack | None:
         return layer.weight.detach()
 
     options = mod.StackOptions()
-    options.layer_norm, options.gelu, options.gated = spec.layer_norm, spec.gelu, spec.gated
-    options.attn_scale, options.softcap = spec.attn_scale, spec.softcap or 0.0
     cfg = model.config
+    options.layer_norm, options.gelu, options.gated = spec.layer_norm, spec.gelu, cfg.mlp_gated
+    options.attn_scale, options.softcap = spec.attn_scale, spec.softcap or 0.0
     no_rotation = torch.zeros(1, 0)
     stack = mod.LlamaStack(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
                            cfg.intermediate_size, float(cfg.rms_norm_eps), no_rotation, no_rotation, options)

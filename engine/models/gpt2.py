@@ -95,7 +95,7 @@ class GPT2LMHeadModel(nn.Module):
             return None
         return StackSpec([StackLayer(block.ln_1, block.attn.c_attn, block.attn.c_proj, block.ln_2, block.mlp.c_fc,
                                      block.mlp.c_proj, rotary=None) for block in self.h],
-                         attn_scale=self.h[0].attn.scale, layer_norm=True, gelu=True, gated=False)
+                         attn_scale=self.h[0].attn.scale, layer_norm=True, gelu=True)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()  # (N, vocab)
