@@ -30,6 +30,7 @@ NATIVE_TYPES = frozenset({
     GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q5_K, GGMLQuantizationType.Q6_K,
     GGMLQuantizationType.F16, GGMLQuantizationType.BF16,
 })
+DEQUANTIZE_VALUES_AT_ONCE = 1 << 20  # dequantize_to's pieces: 4 MB of float32
 # the 16-bit float types, as torch names them: their rows are torch tensors of these viewed as bytes
 HALF_DTYPES = {GGMLQuantizationType.F16: torch.float16, GGMLQuantizationType.BF16: torch.bfloat16}
 
@@ -63,6 +64,17 @@ class BlockTensor:
         if self.qtype in HALF_DTYPES:
             return self.raw.view(HALF_DTYPES[self.qtype]).float()
         return torch.from_numpy(np.asarray(dequantize(self.raw.numpy(), self.qtype), dtype=np.float32))
+
+    def dequantize_to(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(rows, cols) in ``dtype`` on ``device``, dequantized a few rows at a time: the float32
+        temporaries on the host stay a few MB however large the matrix (a 128k-row vocabulary)."""
+        rows, cols = self.shape
+        out = torch.empty(rows, cols, dtype=dtype, device=device)
+        step = max(1, DEQUANTIZE_VALUES_AT_ONCE // cols)
+        for start in range(0, rows, step):
+            part = BlockTensor(self.raw[start : start + step], self.qtype, (min(step, rows - start), cols))
+            out[start : start + step].copy_(part.dequantize())
+        return out
 
 
 class StackedBlocks(list):
