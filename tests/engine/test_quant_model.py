@@ -17,6 +17,7 @@ from gguf.quants import dequantize
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.layers import blocks as blocks_module
+from engine.layers.attention_backend import CpuStackBackend, TorchBackend
 from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor
 from engine.layers.cpu_kernels import load
 from engine.loader.gguf import hf_tensor_name, load_gguf, read_gguf
@@ -70,8 +71,8 @@ def test_loader_keeps_blocks_and_undoes_the_qk_permutation_on_rows(quantized_ggu
 
 def test_default_engine_computes_on_the_blocks(quantized_gguf):
     engine = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01))
-    model = engine.model
-    assert engine.keeps_file_quantization and model.cpu_stack is not None
+    model = engine.runner.model
+    assert engine.loaded.keeps_file_quantization and isinstance(engine.runner.attention, CpuStackBackend)
     assert isinstance(model.embed_tokens, BlockEmbedding)
     [head] = model.lm_head.parts
     assert isinstance(model.lm_head, BlockLinear) and head.qtype == model.embed_tokens.qtype
@@ -82,8 +83,8 @@ def test_default_engine_computes_on_the_blocks(quantized_gguf):
     float_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.dtype == torch.float32)
     assert float_bytes < 0.05 * os.path.getsize(quantized_gguf)  # norms only
     reference = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01, dtype="float32"))
-    assert not reference.keeps_file_quantization
-    assert not any(isinstance(m, (BlockLinear, BlockEmbedding)) for m in reference.model.modules())
+    assert not reference.loaded.keeps_file_quantization
+    assert not any(isinstance(m, (BlockLinear, BlockEmbedding)) for m in reference.runner.model.modules())
 
 
 def test_greedy_output_equals_the_reference_arithmetic(quantized_gguf, monkeypatch):
@@ -103,7 +104,7 @@ def test_greedy_output_equals_the_reference_arithmetic(quantized_gguf, monkeypat
     monkeypatch.setattr(blocks_module.BlockLinear, "forward", reference_linear)
     monkeypatch.setattr(blocks_module.BlockEmbedding, "forward", reference_embedding)
     python = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01, cpu_kernels=False))
-    assert python.model.cpu_stack is None and python.keeps_file_quantization
+    assert isinstance(python.runner.attention, TorchBackend) and python.loaded.keeps_file_quantization
     reference, reference_prompt = _generate(python, params), prompt_logprobs(python, PROMPTS[1])
     # Equal up to the order floats are added in; where that moves an activation across a rounding
     # boundary of the next layer's 8-bit quantization, one value moves by a step: hence 2e-3, not 1e-6.
@@ -136,7 +137,7 @@ _RSS_SCRIPT = textwrap.dedent("""
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
     base = status("VmRSS")
     engine = LLMEngine(EngineConfig(model=sys.argv[1], num_threads=1, num_kv_blocks=4))
-    print(status("VmHWM") - base, engine.weight_formats)
+    print(status("VmHWM") - base, engine.loaded.weight_formats)
 """)
 
 
@@ -184,9 +185,9 @@ def test_other_families_compute_on_the_blocks(quantized_family):
     family, path = quantized_family
     config = dict(model=path, num_threads=1, kv_cache_memory_gb=0.01)
     engine = LLMEngine(EngineConfig(**config))
-    model = engine.model
-    assert engine.keeps_file_quantization and model.cpu_stack is not None
-    assert "Q4_1 x" in engine.weight_formats
+    model = engine.runner.model
+    assert engine.loaded.keeps_file_quantization and isinstance(engine.runner.attention, CpuStackBackend)
+    assert "Q4_1 x" in engine.loaded.weight_formats
     if family == "gpt2":
         embeddings = (model.wte, model.wpe)
         linears = [m for block in model.h for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc,
@@ -202,7 +203,7 @@ def test_other_families_compute_on_the_blocks(quantized_family):
     assert all(isinstance(m, BlockLinear) for m in [*linears, model.lm_head])
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
     python = LLMEngine(EngineConfig(**config, cpu_kernels=False))
-    assert python.model.cpu_stack is None and python.keeps_file_quantization
+    assert isinstance(python.runner.attention, TorchBackend) and python.loaded.keeps_file_quantization
     for (ids, lps), (ref_ids, ref_lps) in zip(_generate(engine, params), _generate(python, params)):
         assert ids == ref_ids
         np.testing.assert_allclose(lps, ref_lps, atol=1e-4)
