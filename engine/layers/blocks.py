@@ -9,7 +9,7 @@ per block of 32, or of 256 for the K formats, as ggml-cpu does, so the result is
 model; half_cpu.h for F16/BF16, float32 activations); ``BlockEmbedding`` dequantizes only the
 rows a step looks up.
 Both need the C++ kernels; the engine keeps a file quantized only when they load
-(engine/llm_engine.py), otherwise it dequantizes to float32 as before.
+(engine/model_loader.py), otherwise it dequantizes into the model's dtype (``dequantize_to``).
 """
 from __future__ import annotations
 
