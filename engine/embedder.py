@@ -104,7 +104,7 @@ class Embedder:
                  max_batch_tokens: int = 8192) -> None:
         from tokenizers import Tokenizer as HFTokenizer
 
-        from engine.llm_engine import resolve_device
+        from engine.model_loader import resolve_device
 
         t0 = time.perf_counter()
         self.name = os.path.basename(os.path.normpath(folder))

@@ -1,6 +1,8 @@
 """The synchronous engine: add_request / step / abort_request (tests, offline use).
 
-Its step loop is the nano-vllm shape: schedule, run, postprocess.
+Its step loop is the nano-vllm shape: schedule, run, postprocess. Building the model (device,
+dtype, weights, quantization, attention backend) is engine/model_loader.py's; the KV pool is the
+model runner's.
 """
 from __future__ import annotations
 
@@ -14,26 +16,15 @@ import torch
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
-from engine.layers.attention import AttentionMetadata
-from engine.layers import cpu_kernels
-from engine.layers.block_quantize import QUANTIZATIONS, quantize_weights
-from engine.layers.blocks import BlockTensor
-from engine.layers.cpu_stack import build_cpu_stack
-from engine.layers.quant import CALIBRATION_TEXT, quantize_int8
-from engine.loader import default_model_path, load_checkpoint
-from engine.loader.weights_format import weights_format
+from engine.model_loader import build_model
 from engine.model_runner import ModelRunner
-from engine.models.registry import BLOCK_ARCHITECTURES, INT8_ARCHITECTURES, model_class
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.pacing import context_scale
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
-from engine.tokenizer import Tokenizer
 
 logger = logging.getLogger("gptserve.engine")
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class PromptTooLongError(ValueError):
@@ -63,137 +54,37 @@ class EngineStats:
     num_generation_tokens: int
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _weight_formats(weights: dict) -> str:
-    """"Q4_1 x210, Q8_0 x1, F32 x61": the formats the weights are held in."""
-    counts: dict[str, int] = {}
-    for w in weights.values():
-        name = w.qtype.name if isinstance(w, BlockTensor) else "F32"
-        counts[name] = counts.get(name, 0) + 1
-    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        path = config.model or default_model_path()
-        self.device = resolve_device(config.device)
-        if config.dtype == "auto":
-            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        else:
-            self.dtype = _DTYPES[config.dtype]
-        if self.device.type == "cpu" and config.num_threads:
-            torch.set_num_threads(config.num_threads)
         t0 = time.perf_counter()
-        self.keeps_file_quantization = self._keeps_file_quantization(path)
-        model_config, weights = load_checkpoint(path, keep_quantized=self.keeps_file_quantization)
-        if config.quantization == "int8" and model_config.architecture not in INT8_ARCHITECTURES:
-            raise ValueError(f"quantization 'int8' does not cover the {model_config.architecture} family yet")
-        if config.quantization in QUANTIZATIONS:
-            if model_config.architecture not in BLOCK_ARCHITECTURES:
-                raise ValueError(f"quantization {config.quantization!r} does not cover the "
-                                 f"{model_config.architecture} family yet")
-            weights = quantize_weights(weights, QUANTIZATIONS[config.quantization], model_config.tie_word_embeddings)
-        if self.keeps_file_quantization and model_config.architecture not in BLOCK_ARCHITECTURES:
-            # a family whose layers have no block-format kind yet: the float32 reference
-            self.keeps_file_quantization = False
-            weights = {name: w.dequantize() if isinstance(w, BlockTensor) else w
-                       for name, w in weights.items()}
-        self.weight_formats = _weight_formats(weights)
-        self.model_config = model_config
-        self.tokenizer = Tokenizer.load(path, chat_template=config.chat_template)
-        self.max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
-                                 model_config.max_position_embeddings)
-        torch.manual_seed(config.seed)
-        with torch.device("meta"):  # no float32 allocation: load_weights puts the loaded tensors in
-            model = model_class(model_config.architecture)(model_config, self.max_model_len)
-        model.load_weights(weights)
-        del weights
-        model.reset_rotary(torch.device("cpu"))
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        self.model.reset_rotary(self.device)  # float32 tables, computed for real (not meta)
-        if config.quantization == "int8":
-            self.model = quantize_int8(self.model, self.device, self._calibration_forward)
-        if config.cpu_kernels and self.device.type == "cpu":
-            self.model.cpu_stack = build_cpu_stack(self.model)
-        logger.info("decoder layers: %s; weights: %s", "C++ (engine/csrc/llama_cpu.cpp)"
-                    if self.model.cpu_stack is not None else "Python", self.weight_formats)
-        self.kv_dtype = torch.float16 if config.kv_cache_dtype == "float16" else self.dtype
-        per_token = ModelRunner.kv_bytes_per_token(model_config, self.kv_dtype)
-        num_blocks = config.num_kv_blocks or max(
-            1, int(config.kv_cache_memory_gb * 2**30) // (per_token * config.block_size)
-        )
+        self.loaded = loaded = build_model(config)  # engine/model_loader.py: the model and its backend
+        mc = self.model_config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.max_model_len = loaded.max_model_len
+        self.device, self.dtype = loaded.device, loaded.dtype
+        self.quantization = loaded.quantization  # /v1/models'
+        self.runner = ModelRunner(loaded, config)  # it sizes the KV pool
+        num_blocks = self.runner.num_kv_blocks
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        mc = model_config
         self.scheduler = Scheduler(config, self.block_manager, context_scale(
             mc.hidden_size, mc.intermediate_size, mc.num_attention_heads * mc.head_dim,
-            mc.num_key_value_heads * mc.head_dim, gated=mc.architecture != "gpt2"))
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device, self.kv_dtype)
+            mc.num_key_value_heads * mc.head_dim, gated=mc.mlp_gated))
         if config.fault_injection_step is not None:
             self.runner.fault_hook = self._inject_fault
-        self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(model_config.eos_token_ids)
+        self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mc.eos_token_ids)
         self._requests: dict[str, _RequestState] = {}
         self._seq_counter = itertools.count()
         self.num_steps = 0
         self.max_batch_size_seen = 0
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
-        # /v1/models' quantization: the weights as served (int8 layers, Q8_0 / Q4_0 quantized at
-        # load), else as the file stores them
-        self.quantization = (QUANTIZATIONS[config.quantization].name if config.quantization in QUANTIZATIONS
-                             else config.quantization or weights_format(path))
         self.load_seconds = time.perf_counter() - t0
         logger.info(
             "loaded %s in %.1fs: %s, %s, %d KV blocks of %d tokens (%d tokens)",
-            model_config.name, self.load_seconds, self.device, str(self.dtype).removeprefix("torch."),
+            mc.name, self.load_seconds, self.device, str(self.dtype).removeprefix("torch."),
             num_blocks, config.block_size, num_blocks * config.block_size,
         )
-
-    def _keeps_file_quantization(self, path: str) -> bool:
-        """dtype "auto" on the CPU computes the formats a checkpoint stores as they are (a GGUF
-        file's Q4_0/Q4_1/Q8_0/F16/BF16, a Hugging Face folder's float16/bfloat16 matrices; the C++
-        kernels must load); otherwise the weights are dequantized to float32 (the reference).
-        ``quantization`` q8_0/q4_0 quantizes what was kept."""
-        if self.config.quantization in QUANTIZATIONS:
-            self._check_block_quantization(path)
-            return True
-        if self.config.dtype != "auto" or self.device.type != "cpu" or self.config.quantization is not None:
-            return False
-        return cpu_kernels.enabled_by_env() and cpu_kernels.load() is not None
-
-    def _check_block_quantization(self, path: str) -> None:
-        quantization = self.config.quantization
-        if self.device.type != "cpu" or self.config.dtype != "auto":
-            raise ValueError(f"quantization {quantization!r} is for the CPU with dtype auto")
-        stored = weights_format(path)
-        if stored not in ("F32", "F16", "BF16"):  # as llama-quantize, which requantizes only when told
-            raise ValueError(f"quantization {quantization!r} quantizes float weights; this checkpoint's are "
-                             f"already {stored}")
-        if not cpu_kernels.enabled_by_env() or cpu_kernels.load() is None:
-            raise ValueError(f"quantization {quantization!r} needs the C++ CPU kernels "
-                             "(engine/layers/cpu_kernels.py), which are off or did not build here")
-
-    @torch.inference_mode()
-    def _calibration_forward(self) -> None:
-        """One prefill of a fixed text through a scratch KV cache, every position's logits too
-        (int8 smoothing records each layer's input range from it)."""
-        ids = self.tokenizer.encode(CALIBRATION_TEXT, add_special_tokens=False)[: self.max_model_len]
-        cfg, bs, n = self.model_config, 16, len(ids)
-        num_blocks = -(-n // bs)
-        cache = torch.zeros(cfg.num_hidden_layers, 2, num_blocks, bs, cfg.num_key_value_heads, cfg.head_dim,
-                            device=self.device, dtype=self.dtype)
-        meta = AttentionMetadata(
-            slot_mapping=torch.arange(n, device=self.device), num_decode_tokens=0, decode_block_tables=None,
-            decode_context_lens=None, decode_max_context_len=0,
-            prefills=[(0, n, n, torch.arange(num_blocks, device=self.device))],
-        ).finalize(bs, self.device)
-        hidden = self.model(torch.tensor(ids, device=self.device), torch.arange(n, device=self.device), cache, meta)
-        self.model.compute_logits(hidden)
 
     def _inject_fault(self) -> None:
         if self.num_steps + 1 == self.config.fault_injection_step:

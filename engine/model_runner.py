@@ -1,7 +1,9 @@
 """A scheduled batch -> tensors -> model forward -> logits -> sampled token ids.
 
-Owns the model, the KV cache pool and the sampler. One host sync per step: the sampled ids
-(and logprobs when asked) come back together.
+Owns the model, its attention backend, the KV cache pool (sized here) and the sampler. The
+backend builds the step's attention metadata from the scheduled rows and runs the decoder
+layers (engine/layers/attention_backend.py). One host sync per step: the sampled ids (and
+logprobs when asked) come back together.
 """
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import math
 import numpy as np
 import torch
 
-from engine.layers.attention import AttentionMetadata
-from engine.models.llama import LlamaForCausalLM
+from engine.config import EngineConfig
+from engine.layers.attention import AttentionRow, decodes_first
+from engine.model_loader import LoadedModel
+from engine.models.config import ModelConfig
 from engine.outputs import TokenLogprob
 from engine.sampler import Sampler
 from engine.scheduler import SchedulerOutput
@@ -29,30 +33,28 @@ def zeroed_pool(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
 
 
+def kv_bytes_per_token(model_cfg: ModelConfig, dtype: torch.dtype) -> int:
+    elem = torch.empty((), dtype=dtype).element_size()
+    return model_cfg.num_hidden_layers * 2 * model_cfg.num_key_value_heads * model_cfg.head_dim * elem
+
+
 class ModelRunner:
-    def __init__(
-        self,
-        model: LlamaForCausalLM,
-        num_kv_blocks: int,
-        block_size: int,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
-        cfg = model.config
-        self.model = model
-        self.device = device
-        self.block_size = block_size
+    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+        cfg = loaded.config
+        self.model = loaded.model
+        self.attention = loaded.attention
+        self.device = loaded.device
+        self.block_size = config.block_size
+        self.kv_dtype = torch.float16 if config.kv_cache_dtype == "float16" else loaded.dtype
+        self.num_kv_blocks = config.num_kv_blocks or max(
+            1, int(config.kv_cache_memory_gb * 2**30) // (kv_bytes_per_token(cfg, self.kv_dtype) * config.block_size)
+        )
         # (layers, K/V, blocks, block_size, kv_heads, head_dim), one preallocated pool
         self.kv_cache = zeroed_pool(
-            (cfg.num_hidden_layers, 2, num_kv_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim),
-            dtype, device)
-        self.sampler = Sampler(cfg.vocab_size, device)
+            (cfg.num_hidden_layers, 2, self.num_kv_blocks, self.block_size, cfg.num_key_value_heads, cfg.head_dim),
+            self.kv_dtype, self.device)
+        self.sampler = Sampler(cfg.vocab_size, self.device)
         self.fault_hook = None  # tests: a callable run before each forward pass
-
-    @staticmethod
-    def kv_bytes_per_token(model_cfg, dtype: torch.dtype) -> int:
-        elem = torch.empty((), dtype=dtype).element_size()
-        return model_cfg.num_hidden_layers * 2 * model_cfg.num_key_value_heads * model_cfg.head_dim * elem
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy-on-write: duplicate shared partial blocks before they are written."""
@@ -63,45 +65,21 @@ class ModelRunner:
         self.kv_cache[:, :, dst] = self.kv_cache[:, :, src]
 
     def _prepare(self, sched: SchedulerOutput):
-        bs = self.block_size
-        order = sorted(range(len(sched.seqs)), key=lambda i: sched.num_new_tokens[i] != 1)  # decodes first
         input_ids: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
+        rows: list[AttentionRow] = []
         last_index = [0] * len(sched.seqs)  # row -> index of its last token in the flat batch
         first_index = [0] * len(sched.seqs)  # row -> index of its first token in the flat batch
-        decode_tables: list[list[int]] = []
-        decode_lens: list[int] = []
-        prefills = []
-        for row in order:
+        for row in decodes_first(sched.num_new_tokens):
             seq, num_new = sched.seqs[row], sched.num_new_tokens[row]
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
-            flat_start = first_index[row] = len(input_ids)
+            first_index[row] = len(input_ids)
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
-            table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             last_index[row] = len(input_ids) - 1
-            if num_new == 1:
-                decode_tables.append(table)
-                decode_lens.append(end)
-            else:
-                prefills.append((flat_start, num_new, end, torch.tensor(table[: -(-end // bs)], device=self.device)))
+            rows.append(AttentionRow(start, num_new, seq.block_table))
+        meta = self.attention.build_metadata(rows, self.block_size)
         dev = self.device
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            num_decode_tokens=len(decode_lens),
-            decode_block_tables=None,
-            decode_context_lens=None,
-            decode_max_context_len=max(decode_lens, default=0),
-            prefills=prefills,
-        )
-        if decode_lens:
-            width = max(len(t) for t in decode_tables)
-            padded = [t + [0] * (width - len(t)) for t in decode_tables]
-            meta.decode_block_tables = torch.tensor(padded, dtype=torch.long, device=dev)
-            meta.decode_context_lens = torch.tensor(decode_lens, dtype=torch.long, device=dev)
-        meta.finalize(bs, dev)
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         logit_index = torch.tensor([last_index[r] for r in sched.sample_rows], dtype=torch.long, device=dev)
@@ -113,7 +91,7 @@ class ModelRunner:
         if self.fault_hook is not None:
             self.fault_hook()
         ids, pos, meta, logit_index, first_index = self._prepare(sched)
-        hidden = self.model(ids, pos, self.kv_cache, meta)
+        hidden = self.attention.forward(ids, pos, self.kv_cache, meta)
         for row, seq in enumerate(sched.seqs):
             if seq.needs_prompt_logprobs:
                 self._prompt_logprobs(seq, hidden, first_index[row], sched.num_new_tokens[row])

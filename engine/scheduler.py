@@ -49,6 +49,9 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        # the step being scheduled (reset by schedule(), spent by _paced())
+        self._allowance: float | None = None
+        self._is_first_chunk = True
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -124,6 +127,20 @@ class Scheduler:
         counts[greedy] -= 1
         return True
 
+    def _paced(self, start: int, num_new: int) -> int:
+        """num_new cut to what is left of this step's pacing allowance (a prompt chunk beside
+        decodes); a decode passes as it is."""
+        if num_new <= 1:
+            return num_new
+        if self._allowance is not None:
+            fit = self.pacer.chunk_tokens(start, self._allowance)
+            if self._is_first_chunk:  # the prompts always advance, if slowly
+                fit = max(fit, self.pacer.min_chunk)
+            num_new = min(num_new, fit)
+            self._allowance = max(0.0, self._allowance - self.pacer.chunk_cost(start, num_new))
+        self._is_first_chunk = False
+        return num_new
+
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
@@ -133,28 +150,14 @@ class Scheduler:
         self._make_room_for_waiting(counts)
 
         # prefill work allowed beside this step's decodes (None: no limit but the token budget)
-        allowance = self.pacer.allowance() if any(s.num_uncomputed_tokens == 1 for s in self.running) else None
-        first_chunk = True
-
-        def paced(seq: Sequence, start: int, num_new: int) -> int:
-            """num_new cut to the pacer's allowance (a prompt chunk beside decodes)."""
-            nonlocal allowance, first_chunk
-            if num_new <= 1:
-                return num_new
-            if allowance is not None:
-                fit = self.pacer.chunk_tokens(start, allowance)
-                if first_chunk:  # the prompts always advance, if slowly
-                    fit = max(fit, self.pacer.min_chunk)
-                num_new = min(num_new, fit)
-                allowance = max(0.0, allowance - self.pacer.chunk_cost(start, num_new))
-            first_chunk = False
-            return num_new
+        self._allowance = self.pacer.allowance() if any(s.num_uncomputed_tokens == 1 for s in self.running) else None
+        self._is_first_chunk = True
 
         scheduled: list[Sequence] = []
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = paced(seq, seq.num_computed_tokens, min(seq.num_uncomputed_tokens, budget))
+            num_new = self._paced(seq.num_computed_tokens, min(seq.num_uncomputed_tokens, budget))
             if num_new == 0:
                 i += 1
                 continue
@@ -179,7 +182,7 @@ class Scheduler:
             seq = self.waiting[index]
             hits = [] if seq.needs_prompt_logprobs else bm.lookup_prefix(seq)
             start = len(hits) * bm.block_size
-            num_new = paced(seq, start, min(seq.num_tokens - start, budget))
+            num_new = self._paced(start, min(seq.num_tokens - start, budget))
             if num_new == 0 or not bm.can_allocate(seq, hits, num_new):
                 break
             bm.allocate(seq, hits, num_new)

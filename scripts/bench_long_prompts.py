@@ -37,7 +37,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # 
 
 from clients.bench import synthetic_prompt  # noqa: E402
 from engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
-from engine.layers.attention import AttentionMetadata  # noqa: E402
+from engine.layers.attention import AttentionRow  # noqa: E402
 
 
 def prompt_ids(engine: LLMEngine, num_tokens: int, seed: int) -> list[int]:
@@ -116,21 +116,18 @@ def step_time(engine: LLMEngine, chunk: int, context: int, reps: int = 2) -> flo
     """Seconds for one forward pass: a decode at position 99 plus ``chunk`` prompt tokens at
     positions context .. context + chunk - 1 (chunk 0: the decode alone)."""
     bs, total = engine.config.block_size, context + chunk
-    decode_table, decode_len = list(range(8)), 100
-    table = list(range(8, 8 + -(-total // bs)))
+    decode_len = 100
+    rows = [AttentionRow(decode_len - 1, 1, list(range(8)))]
+    if chunk:
+        rows.append(AttentionRow(context, chunk, list(range(8, 8 + -(-total // bs)))))
     positions = [decode_len - 1] + list(range(context, total))
-    slots = [decode_table[(decode_len - 1) // bs] * bs + (decode_len - 1) % bs]
-    slots += [table[p // bs] * bs + p % bs for p in range(context, total)]
-    prefills = [(1, chunk, total, torch.tensor(table))] if chunk else []
+    runner = engine.runner
     best = float("inf")
     for _ in range(reps):
-        meta = AttentionMetadata(slot_mapping=torch.tensor(slots), num_decode_tokens=1,
-                                 decode_block_tables=torch.tensor([decode_table]),
-                                 decode_context_lens=torch.tensor([decode_len]), decode_max_context_len=decode_len,
-                                 prefills=prefills).finalize(bs, torch.device("cpu"))
+        meta = runner.attention.build_metadata(rows, bs)
         start = time.perf_counter()
-        hidden = engine.model(torch.full((1 + chunk,), 5), torch.tensor(positions), engine.runner.kv_cache, meta)
-        engine.model.compute_logits(hidden[[0, -1]])
+        hidden = runner.attention.forward(torch.full((1 + chunk,), 5), torch.tensor(positions), runner.kv_cache, meta)
+        runner.model.compute_logits(hidden[[0, -1]])
         best = min(best, time.perf_counter() - start)
     return best
 

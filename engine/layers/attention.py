@@ -1,8 +1,11 @@
 """Attention over the paged KV cache.
 
 A step's tokens are laid out flat: first the decode sequences (one token each), then the
-prefill chunks. New keys and values are written into their cache slots; decodes attend
-together over their gathered block tables, each prefill chunk on its own.
+prefill chunks (``decodes_first``). ``AttentionMetadata.build`` turns the step's rows (where each
+sequence starts, how many tokens, its block table) into cache slots, decode tables and prefill
+chunks; the attention backend (engine/layers/attention_backend.py) builds it and adds what its
+layers need. New keys and values are written into their cache slots; decodes attend together
+over their gathered block tables, each prefill chunk on its own.
 
 A sliding-window layer (Gemma 3, Mistral) sees only the last ``window`` positions: its decodes
 and its prefill chunks gather just the blocks that hold them (the blocks before are skipped,
@@ -14,6 +17,21 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+
+@dataclass
+class AttentionRow:
+    """One sequence's share of a step: positions ``start .. start + num_new - 1`` are computed,
+    their keys and values written into the blocks of ``block_table``."""
+
+    start: int
+    num_new: int
+    block_table: list[int]
+
+
+def decodes_first(num_new_tokens: list[int]) -> list[int]:
+    """The order a step's rows are laid out in: decodes (one token each) first, then prefill chunks."""
+    return sorted(range(len(num_new_tokens)), key=lambda i: num_new_tokens[i] != 1)
 
 
 @dataclass
@@ -31,7 +49,37 @@ class AttentionMetadata:
     block_size: int = 0
     windows: dict[int, "WindowView"] = field(default_factory=dict)  # sliding window → its view, built once
 
-    def finalize(self, block_size: int, device: torch.device) -> "AttentionMetadata":
+    @classmethod
+    def build(cls, rows: list[AttentionRow], block_size: int, device: torch.device) -> AttentionMetadata:
+        """A step's rows, laid out as ``decodes_first`` orders them → slots, decode tables (only
+        the blocks in use, padded with 0) and prefill chunks; ``finalize`` adds the masks."""
+        bs = block_size
+        slots: list[int] = []
+        decode_tables: list[list[int]] = []
+        decode_lens: list[int] = []
+        prefills = []
+        flat_start = 0
+        for row in rows:
+            end = row.start + row.num_new
+            table = row.block_table[: -(-end // bs)]
+            slots.extend(table[p // bs] * bs + p % bs for p in range(row.start, end))
+            if row.num_new == 1:
+                decode_tables.append(table)
+                decode_lens.append(end)
+            else:
+                prefills.append((flat_start, row.num_new, end, torch.tensor(table, device=device)))
+            flat_start += row.num_new
+        meta = cls(slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+                   num_decode_tokens=len(decode_lens), decode_block_tables=None, decode_context_lens=None,
+                   decode_max_context_len=max(decode_lens, default=0), prefills=prefills)
+        if decode_lens:
+            width = max(len(t) for t in decode_tables)
+            padded = [t + [0] * (width - len(t)) for t in decode_tables]
+            meta.decode_block_tables = torch.tensor(padded, dtype=torch.long, device=device)
+            meta.decode_context_lens = torch.tensor(decode_lens, dtype=torch.long, device=device)
+        return meta
+
+    def finalize(self, block_size: int, device: torch.device) -> AttentionMetadata:
         """Precompute what does not change from layer to layer (masks, flat block ids)."""
         self.block_size = block_size
         if self.num_decode_tokens:

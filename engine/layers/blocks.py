@@ -9,7 +9,7 @@ per block of 32, or of 256 for the K formats, as ggml-cpu does, so the result is
 model; half_cpu.h for F16/BF16, float32 activations); ``BlockEmbedding`` dequantizes only the
 rows a step looks up.
 Both need the C++ kernels; the engine keeps a file quantized only when they load
-(engine/llm_engine.py), otherwise it dequantizes to float32 as before.
+(engine/model_loader.py), otherwise it dequantizes into the model's dtype (``dequantize_to``).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ NATIVE_TYPES = frozenset({
     GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q5_K, GGMLQuantizationType.Q6_K,
     GGMLQuantizationType.F16, GGMLQuantizationType.BF16,
 })
+DEQUANTIZE_VALUES_AT_ONCE = 1 << 20  # dequantize_to's pieces: 4 MB of float32
 # the 16-bit float types, as torch names them: their rows are torch tensors of these viewed as bytes
 HALF_DTYPES = {GGMLQuantizationType.F16: torch.float16, GGMLQuantizationType.BF16: torch.bfloat16}
 
@@ -63,6 +64,17 @@ class BlockTensor:
         if self.qtype in HALF_DTYPES:
             return self.raw.view(HALF_DTYPES[self.qtype]).float()
         return torch.from_numpy(np.asarray(dequantize(self.raw.numpy(), self.qtype), dtype=np.float32))
+
+    def dequantize_to(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(rows, cols) in ``dtype`` on ``device``, dequantized a few rows at a time: the float32
+        temporaries on the host stay a few MB however large the matrix (a 128k-row vocabulary)."""
+        rows, cols = self.shape
+        out = torch.empty(rows, cols, dtype=dtype, device=device)
+        step = max(1, DEQUANTIZE_VALUES_AT_ONCE // cols)
+        for start in range(0, rows, step):
+            part = BlockTensor(self.raw[start : start + step], self.qtype, (min(step, rows - start), cols))
+            out[start : start + step].copy_(part.dequantize())
+        return out
 
 
 class StackedBlocks(list):

@@ -1,6 +1,7 @@
 """The decoder layers in C++ (engine/csrc/llama_cpu.cpp's LlamaStack): a model describes its layers
 (``cpu_stack_spec()``: its own modules by role, and what its family changes), this fills the stack
-with their weights, and the model calls it in place of its Python layers.
+with their weights, and the C++ attention backend (engine/layers/attention_backend.py) runs it in
+place of the model's Python layers.
 
 One stack serves every family: Llama, Mistral, Qwen2/3, Phi-3 (partial rotary, sliding windows),
 Gemma 2/3 (norms on the block outputs, GeGLU, soft-capped scores, per-layer windows and rope
@@ -10,6 +11,7 @@ scale, the final norm and the logits stay in Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -43,28 +45,32 @@ class StackSpec:
 
     layers: list[StackLayer]
     attn_scale: float  # of the scores
+    embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # the model's: (ids, positions) -> (T, hidden)
+    final_norm: nn.Module  # after the last layer
     softcap: float | None = None  # scores -> softcap · tanh(scores / softcap) (Gemma 2)
     layer_norm: bool = False  # LayerNorm with a bias (GPT-2), else RMSNorm
     gelu: bool = False  # tanh GELU (GPT-2, Gemma), else SiLU
-    gated: bool = True  # act(gate) · up (Llama, Gemma), else act(up) (GPT-2)
 
 
 class CpuStack:
-    """A model's decoder layers in C++: called with what the Python layers take, returns the hidden
-    states before the final norm."""
+    """A model's forward with its decoder layers in C++: called with what the model takes, returns
+    the hidden states after its final norm (the embedding and that norm stay the model's)."""
 
-    def __init__(self, stack) -> None:
+    def __init__(self, stack, spec: StackSpec) -> None:
         self.stack = stack
+        self.embed = spec.embed
+        self.final_norm = spec.final_norm
 
-    def __call__(self, x: torch.Tensor, positions: torch.Tensor, kv_caches: torch.Tensor,
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: torch.Tensor,
                  meta: AttentionMetadata) -> torch.Tensor:
-        """x (T, hidden) embedded tokens -> (T, hidden)."""
+        """input_ids, positions (T,) -> (T, hidden)."""
         empty = torch.empty(0, 0, dtype=torch.long)
         tables = meta.decode_block_tables if meta.num_decode_tokens else empty
         lens = meta.decode_context_lens if meta.num_decode_tokens else empty
         prefills = [[start, num_new, num_context] for start, num_new, num_context, _ in meta.prefills]
-        return self.stack.forward(x, positions, kv_caches, meta.slot_mapping, meta.num_decode_tokens, tables, lens,
-                                  prefills, [table for *_, table in meta.prefills])
+        x = self.stack.forward(self.embed(input_ids, positions), positions, kv_caches, meta.slot_mapping,
+                               meta.num_decode_tokens, tables, lens, prefills, [table for *_, table in meta.prefills])
+        return self.final_norm(x)
 
 
 def build_cpu_stack(model) -> CpuStack | None:
@@ -101,9 +107,9 @@ def build_cpu_stack(model) -> CpuStack | None:
         return layer.weight.detach()
 
     options = mod.StackOptions()
-    options.layer_norm, options.gelu, options.gated = spec.layer_norm, spec.gelu, spec.gated
-    options.attn_scale, options.softcap = spec.attn_scale, spec.softcap or 0.0
     cfg = model.config
+    options.layer_norm, options.gelu, options.gated = spec.layer_norm, spec.gelu, cfg.mlp_gated
+    options.attn_scale, options.softcap = spec.attn_scale, spec.softcap or 0.0
     no_rotation = torch.zeros(1, 0)
     stack = mod.LlamaStack(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
                            cfg.intermediate_size, float(cfg.rms_norm_eps), no_rotation, no_rotation, options)
@@ -113,4 +119,4 @@ def build_cpu_stack(model) -> CpuStack | None:
                         linear(layer.up), linear(layer.down), q_norm=norm(layer.q_norm), k_norm=norm(layer.k_norm),
                         attn_out_norm=norm(layer.attn_out_norm), mlp_out_norm=norm(layer.mlp_out_norm),
                         cos=cos, sin=sin, window=layer.window or 0)
-    return CpuStack(stack)
+    return CpuStack(stack, spec)

@@ -55,12 +55,9 @@ def channel_maxima(model: nn.Module, run_forward) -> dict[str, torch.Tensor]:
                 m = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
                 maxima[_name] = torch.maximum(maxima[_name], m) if _name in maxima else m
             hooks.append(module.register_forward_pre_hook(hook))
-    stack = getattr(model, "cpu_stack", None)
-    model.cpu_stack = None  # the hooks see the Python layers only
     try:
-        run_forward()  # it must send every position through the output layer too
+        run_forward()  # the model's Python layers; every position through the output layer too
     finally:
-        model.cpu_stack = stack
         for h in hooks:
             h.remove()
     return maxima

@@ -48,6 +48,11 @@ class ModelConfig:
         if self.layer_types is not None and len(self.layer_types) != self.num_hidden_layers:
             raise ValueError("layer_types must name one type per layer")
 
+    @property
+    def mlp_gated(self) -> bool:
+        """The MLP computes act(gate) · up (Llama, Qwen, Phi-3, Gemma), not act(up) (GPT-2's)."""
+        return self.architecture != "gpt2"
+
     def layer_window(self, layer: int) -> int | None:
         """The sliding window of ``layer``, or None when it attends to every position."""
         if self.sliding_window is None:

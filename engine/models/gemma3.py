@@ -95,7 +95,6 @@ class Gemma3ForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
         self.reset_rotary(None)
-        self.cpu_stack = None  # engine/layers/cpu_stack.py: the decoder layers in C++ (set by the engine)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
@@ -111,12 +110,13 @@ class Gemma3ForCausalLM(nn.Module):
             self.rotary_global.to(device)
             self.rotary_local.to(device)
 
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)  # (T, hidden)
+        return x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)  # rounded to x's dtype, as in HF
+
     def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions (T,); kv_caches (L, 2, num_blocks, block_size, Hkv, D) -> hidden (T, hidden)."""
-        x = self.embed_tokens(input_ids)
-        x = x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)  # rounded to x's dtype, as in HF
-        if self.cpu_stack is not None:
-            return self.norm(self.cpu_stack(x, positions, kv_caches, meta))
+        x = self.embed(input_ids, positions)
         rope_global = self.rotary_global(positions, x.dtype)
         rope_local = self.rotary_local(positions, x.dtype)
         for layer, kv_cache in zip(self.layers, kv_caches):
@@ -133,7 +133,8 @@ class Gemma3ForCausalLM(nn.Module):
                                      k_norm=getattr(layer.self_attn, "k_norm", None),
                                      attn_out_norm=layer.post_attention_layernorm,
                                      mlp_out_norm=layer.post_feedforward_layernorm)
-                          for layer in self.layers], attn_scale=attn.scale, softcap=attn.softcap, gelu=True)
+                          for layer in self.layers], attn_scale=attn.scale, embed=self.embed, final_norm=self.norm,
+                         softcap=attn.softcap, gelu=True)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden).float()  # (N, vocab)

@@ -71,7 +71,6 @@ class GPT2LMHeadModel(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
-        self.cpu_stack = None  # engine/layers/cpu_stack.py: the decoder layers in C++ (set by the engine)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
@@ -80,11 +79,12 @@ class GPT2LMHeadModel(nn.Module):
     def reset_rotary(self, device: torch.device) -> None:
         """No rotary tables: positions are learned embeddings."""
 
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.wte(input_ids) + self.wpe(positions)  # (T, hidden)
+
     def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions (T,); kv_caches (L, 2, num_blocks, block_size, H, D) -> hidden (T, hidden)."""
-        x = self.wte(input_ids) + self.wpe(positions)
-        if self.cpu_stack is not None:
-            return self.ln_f(self.cpu_stack(x, positions, kv_caches, meta))
+        x = self.embed(input_ids, positions)
         for block, kv_cache in zip(self.h, kv_caches):
             x = block(x, kv_cache, meta)
         return self.ln_f(x)
@@ -95,7 +95,8 @@ class GPT2LMHeadModel(nn.Module):
             return None
         return StackSpec([StackLayer(block.ln_1, block.attn.c_attn, block.attn.c_proj, block.ln_2, block.mlp.c_fc,
                                      block.mlp.c_proj, rotary=None) for block in self.h],
-                         attn_scale=self.h[0].attn.scale, layer_norm=True, gelu=True, gated=False)
+                         attn_scale=self.h[0].attn.scale, embed=self.embed, final_norm=self.ln_f, layer_norm=True,
+                         gelu=True)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()  # (N, vocab)

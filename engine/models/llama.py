@@ -94,7 +94,6 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
-        self.cpu_stack = None  # engine/layers/cpu_stack.py: the decoder layers in C++ (set by the engine)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
@@ -108,11 +107,12 @@ class LlamaForCausalLM(nn.Module):
         if device is not None:
             self.rotary.to(device)
 
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)  # (T, hidden)
+
     def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions (T,); kv_caches (L, 2, num_blocks, block_size, Hkv, D) -> hidden (T, hidden)."""
-        x = self.embed_tokens(input_ids)
-        if self.cpu_stack is not None:
-            return self.norm(self.cpu_stack(x, positions, kv_caches, meta))
+        x = self.embed(input_ids, positions)
         rope = self.rotary(positions, x.dtype)
         for layer, kv_cache in zip(self.layers, kv_caches):
             x = layer(x, rope, kv_cache, meta)
@@ -125,7 +125,8 @@ class LlamaForCausalLM(nn.Module):
                                      self.rotary, layer.self_attn.window,
                                      q_norm=getattr(layer.self_attn, "q_norm", None),
                                      k_norm=getattr(layer.self_attn, "k_norm", None))
-                          for layer in self.layers], attn_scale=self.layers[0].self_attn.scale)
+                          for layer in self.layers], attn_scale=self.layers[0].self_attn.scale, embed=self.embed,
+                         final_norm=self.norm)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()  # (N, vocab)

@@ -8,6 +8,7 @@ from gguf.quants import quantize as gguf_quantize
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.layers import block_quantize
+from engine.layers.attention_backend import CpuStackBackend
 from engine.layers.block_quantize import quantize
 from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor
 from engine.layers.cpu_kernels import load
@@ -56,8 +57,8 @@ def test_quantized_folder_is_the_gguf_file_llama_quantize_would_write(tmp_path, 
                                 tie_word_embeddings=True, seed=3)
     config = dict(num_threads=1, kv_cache_memory_gb=0.01)
     engine = LLMEngine(EngineConfig(model=folder, quantization=quantization, **config))
-    model = engine.model
-    assert engine.quantization == quantization.upper() and model.cpu_stack is not None
+    model = engine.runner.model
+    assert engine.quantization == quantization.upper() and isinstance(engine.runner.attention, CpuStackBackend)
     assert isinstance(model.embed_tokens, BlockEmbedding) and model.embed_tokens.qtype == Q.Q8_0
     _, from_file = load_gguf(gguf_path, keep_quantized=True)
     assert torch.equal(model.embed_tokens.blocks, from_file["model.embed_tokens.weight"].raw)
@@ -86,12 +87,12 @@ def test_quantized_folder_is_the_gguf_file_llama_quantize_would_write(tmp_path, 
 def test_a_bfloat16_checkpoint_quantizes_from_its_stored_values(tmp_path):
     folder = write_tiny_hf_model(str(tmp_path / "hf"), seed=2, dtype=torch.bfloat16)
     engine = LLMEngine(EngineConfig(model=folder, quantization="q4_0", num_threads=1, kv_cache_memory_gb=0.01))
-    model = engine.model
+    model = engine.runner.model
     assert {p.qtype for p in model.layers[0].mlp.gate_up_proj.parts} == {Q.Q4_0}
     [head] = model.lm_head.parts
     assert head.qtype == Q.Q8_0  # the output layer keeps more bits
     assert model.embed_tokens.qtype == Q.BF16  # untied embeddings stay as stored
-    assert "Q4_0 x" in engine.weight_formats
+    assert "Q4_0 x" in engine.loaded.weight_formats
 
 
 def test_bad_quantization_settings_are_refused(tiny_llama):

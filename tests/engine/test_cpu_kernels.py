@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.layers import cpu_kernels
 from engine.layers.attention import AttentionMetadata, paged_attention
+from engine.layers.attention_backend import CpuStackBackend, TorchBackend
 from tests.engine.test_quant import prompt_logprobs
 
 kernels = cpu_kernels.load()
@@ -93,7 +94,7 @@ def test_windowed_softcapped_attention_matches_the_python_path(head_dim, dtype):
 def _engines(model, **kw):
     python = LLMEngine(EngineConfig(model=model, cpu_kernels=False, num_threads=1, seed=0, **kw))
     native = LLMEngine(EngineConfig(model=model, cpu_kernels=True, num_threads=1, seed=0, **kw))
-    assert python.model.cpu_stack is None and native.model.cpu_stack is not None
+    assert isinstance(python.runner.attention, TorchBackend) and isinstance(native.runner.attention, CpuStackBackend)
     return python, native
 
 
@@ -158,7 +159,7 @@ def test_smollm2_int8_close_to_python_int8():
 def test_off_by_environment(monkeypatch, tiny_llama):
     monkeypatch.setenv("GPTSERVE_CPU_KERNELS", "0")
     engine = LLMEngine(EngineConfig(model=tiny_llama, num_threads=1))
-    assert engine.model.cpu_stack is None
+    assert isinstance(engine.runner.attention, TorchBackend)
 
 
 def test_a_failed_build_falls_back_to_python(monkeypatch, tiny_llama, tmp_path, caplog):
@@ -170,7 +171,7 @@ def test_a_failed_build_falls_back_to_python(monkeypatch, tiny_llama, tmp_path, 
     monkeypatch.setenv("GPTSERVE_KERNEL_CACHE", str(tmp_path / "cache"))
     with caplog.at_level(logging.WARNING, logger="gptserve.engine"):
         engine = LLMEngine(EngineConfig(model=tiny_llama, num_threads=1))
-    assert engine.model.cpu_stack is None
+    assert isinstance(engine.runner.attention, TorchBackend)
     assert "C++ CPU kernels unavailable" in caplog.text
     out = _run(engine, [[5, 17, 33]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
     assert len(out[0][0]) == 4

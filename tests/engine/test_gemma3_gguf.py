@@ -34,7 +34,7 @@ def test_gemma3_270m_default_path_keeps_the_blocks_and_the_continuation():
     path = gemma3_270m_path()
     reference = transformers_greedy(path, PROMPT, 20)
     engine = LLMEngine(EngineConfig(model=path, max_model_len=512, kv_cache_memory_gb=0.1))
-    assert engine.keeps_file_quantization and "Q4_K x" in engine.weight_formats
+    assert engine.loaded.keeps_file_quantization and "Q4_K x" in engine.loaded.weight_formats
     out = _greedy(engine, engine.tokenizer.encode(PROMPT))
     assert out.token_ids[:8] == reference["token_ids"][:8]
     assert "France" in out.text

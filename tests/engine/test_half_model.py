@@ -10,6 +10,7 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.layers.attention_backend import CpuStackBackend, TorchBackend
 from engine.layers.blocks import BlockEmbedding, BlockLinear
 from engine.layers.cpu_kernels import load
 from tests.engine.test_quant import prompt_logprobs
@@ -39,8 +40,8 @@ def _generate(engine):
 def test_half_weights_stay_half_and_give_the_float32_models_output(half_model):
     path, qtype = half_model
     engine = LLMEngine(EngineConfig(model=path, **CONFIG))
-    model = engine.model
-    assert engine.keeps_file_quantization and model.cpu_stack is not None
+    model = engine.runner.model
+    assert engine.loaded.keeps_file_quantization and isinstance(engine.runner.attention, CpuStackBackend)
     assert isinstance(model.embed_tokens, BlockEmbedding) and model.embed_tokens.qtype == qtype
     for layer in model.layers:
         for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
@@ -48,12 +49,12 @@ def test_half_weights_stay_half_and_give_the_float32_models_output(half_model):
     assert isinstance(model.lm_head, BlockLinear)
     # no float32 copy of any matrix: what is float32 is the norms
     assert all(p.dim() == 1 for p in model.parameters() if p.dtype == torch.float32)
-    assert f"{qtype.name} x" in engine.weight_formats
+    assert f"{qtype.name} x" in engine.loaded.weight_formats
 
     reference = LLMEngine(EngineConfig(model=path, dtype="float32", **CONFIG))
-    assert not any(isinstance(m, (BlockLinear, BlockEmbedding)) for m in reference.model.modules())
+    assert not any(isinstance(m, (BlockLinear, BlockEmbedding)) for m in reference.runner.model.modules())
     python = LLMEngine(EngineConfig(model=path, cpu_kernels=False, **CONFIG))
-    assert python.model.cpu_stack is None and isinstance(python.model.lm_head, BlockLinear)
+    assert isinstance(python.runner.attention, TorchBackend) and isinstance(python.runner.model.lm_head, BlockLinear)
     want = _generate(reference)
     for got in (_generate(engine), _generate(python)):
         for (ids, lps), (ref_ids, ref_lps) in zip(got, want):
@@ -73,7 +74,7 @@ def test_other_families_bfloat16_checkpoints(tmp_path, family):
 
     folder = write_family_hf(str(tmp_path), family, dtype=torch.bfloat16)
     engine = LLMEngine(EngineConfig(model=folder, **CONFIG))
-    has_blocks = any(isinstance(m, BlockLinear) for m in engine.model.modules())
+    has_blocks = any(isinstance(m, BlockLinear) for m in engine.runner.model.modules())
     assert has_blocks
     reference = LLMEngine(EngineConfig(model=folder, dtype="float32", **CONFIG))
     for (ids, lps), (ref_ids, ref_lps) in zip(_generate(engine), _generate(reference)):
@@ -96,5 +97,5 @@ def test_loading_a_bfloat16_checkpoint_does_not_materialize_float32(tmp_path):
     base = _status("VmRSS")
     engine = LLMEngine(EngineConfig(model=big, num_threads=1, num_kv_blocks=4))
     peak_growth = _status("VmHWM") - base
-    assert "BF16 x" in engine.weight_formats
+    assert "BF16 x" in engine.loaded.weight_formats
     assert peak_growth < 0.5 * os.path.getsize(os.path.join(big, "model.safetensors")), peak_growth

@@ -13,6 +13,7 @@ import torch
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.layers import cpu_kernels
+from engine.layers.attention_backend import CpuStackBackend
 from tests.tiny_families import write_family_gguf, write_family_hf
 
 transformers = pytest.importorskip("transformers")
@@ -123,7 +124,7 @@ def test_family_matches_transformers(family, fmt, use_cpu_kernels, tiny_family, 
         forbid_python_attention(monkeypatch)
     engine = check_against_transformers(tiny_family(family, fmt), hf_model, cpu_kernels=use_cpu_kernels)
     assert engine.model_config.architecture == {"phi4mini": "phi3"}.get(family, family)
-    assert (engine.model.cpu_stack is not None) == runs_in_cpp
+    assert isinstance(engine.runner.attention, CpuStackBackend) == runs_in_cpp
 
 
 def test_int8_is_refused_for_families_it_does_not_cover(tiny_family):
@@ -147,4 +148,4 @@ def test_cpp_stack_attends_within_a_sliding_window(tmp_path, monkeypatch):
                                                                  attn_implementation="eager").eval()
     forbid_python_attention(monkeypatch)
     engine = check_against_transformers(folder, hf_model, cpu_kernels=True)
-    assert engine.model_config.sliding_window == 6 and engine.model.cpu_stack is not None
+    assert engine.model_config.sliding_window == 6 and isinstance(engine.runner.attention, CpuStackBackend)

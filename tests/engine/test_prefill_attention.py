@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.layers import cpu_kernels
+from engine.layers.attention_backend import CpuStackBackend, TorchBackend
 from tests.engine.test_quant import prompt_logprobs
 
 kernels = cpu_kernels.load()
@@ -77,7 +78,7 @@ def test_long_prompt_chunked_logits_match_python_path(long_context_llama):
     ids = _prompt(1300)
     python = _engine(long_context_llama, cpu_kernels=False, max_num_batched_tokens=2048)
     native = _engine(long_context_llama, cpu_kernels=True, max_num_batched_tokens=256)  # six chunks
-    assert python.model.cpu_stack is None and native.model.cpu_stack is not None
+    assert isinstance(python.runner.attention, TorchBackend) and isinstance(native.runner.attention, CpuStackBackend)
     want, got = prompt_logprobs(python, ids), prompt_logprobs(native, ids)
     assert len(got) == len(ids) - 1
     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)

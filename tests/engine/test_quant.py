@@ -7,6 +7,7 @@ import torch
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.layers.quant import PerTokenInt8Linear, channel_maxima, quantize_int8, smooth_llama
+from engine.model_loader import calibration_forward
 
 
 def prompt_logprobs(engine: LLMEngine, ids: list[int]) -> torch.Tensor:
@@ -24,10 +25,13 @@ PROMPT = [5, 17, 33, 2, 99, 7, 150, 42, 8, 61, 300, 12, 4, 77, 19, 250, 3, 88, 4
 def test_smoothing_keeps_the_float_function(tiny_llama):
     engine = LLMEngine(EngineConfig(model=tiny_llama, num_threads=1))
     before = prompt_logprobs(engine, PROMPT)
-    weight_before = engine.model.layers[0].mlp.down_proj.weight.clone()
-    smooth_llama(engine.model, channel_maxima(engine.model, engine._calibration_forward))
-    assert not torch.equal(weight_before, engine.model.layers[0].mlp.down_proj.weight), "nothing was smoothed"
-    assert engine.model.lm_head.weight is not engine.model.embed_tokens.weight  # untied, embeddings intact
+    weight_before = engine.runner.model.layers[0].mlp.down_proj.weight.clone()
+    model = engine.runner.model
+    maxima = channel_maxima(model, lambda: calibration_forward(model, engine.tokenizer, engine.max_model_len,
+                                                               engine.device, engine.dtype))
+    smooth_llama(model, maxima)
+    assert not torch.equal(weight_before, engine.runner.model.layers[0].mlp.down_proj.weight), "nothing was smoothed"
+    assert engine.runner.model.lm_head.weight is not engine.runner.model.embed_tokens.weight  # untied, embeddings intact
     assert torch.allclose(prompt_logprobs(engine, PROMPT), before, atol=1e-4)
 
 

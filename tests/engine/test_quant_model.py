@@ -17,6 +17,7 @@ from gguf.quants import dequantize
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.layers import blocks as blocks_module
+from engine.layers.attention_backend import CpuStackBackend, TorchBackend
 from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor
 from engine.layers.cpu_kernels import load
 from engine.loader.gguf import hf_tensor_name, load_gguf, read_gguf
@@ -70,8 +71,8 @@ def test_loader_keeps_blocks_and_undoes_the_qk_permutation_on_rows(quantized_ggu
 
 def test_default_engine_computes_on_the_blocks(quantized_gguf):
     engine = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01))
-    model = engine.model
-    assert engine.keeps_file_quantization and model.cpu_stack is not None
+    model = engine.runner.model
+    assert engine.loaded.keeps_file_quantization and isinstance(engine.runner.attention, CpuStackBackend)
     assert isinstance(model.embed_tokens, BlockEmbedding)
     [head] = model.lm_head.parts
     assert isinstance(model.lm_head, BlockLinear) and head.qtype == model.embed_tokens.qtype
@@ -82,8 +83,8 @@ def test_default_engine_computes_on_the_blocks(quantized_gguf):
     float_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.dtype == torch.float32)
     assert float_bytes < 0.05 * os.path.getsize(quantized_gguf)  # norms only
     reference = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01, dtype="float32"))
-    assert not reference.keeps_file_quantization
-    assert not any(isinstance(m, (BlockLinear, BlockEmbedding)) for m in reference.model.modules())
+    assert not reference.loaded.keeps_file_quantization
+    assert not any(isinstance(m, (BlockLinear, BlockEmbedding)) for m in reference.runner.model.modules())
 
 
 def test_greedy_output_equals_the_reference_arithmetic(quantized_gguf, monkeypatch):
@@ -103,7 +104,7 @@ def test_greedy_output_equals_the_reference_arithmetic(quantized_gguf, monkeypat
     monkeypatch.setattr(blocks_module.BlockLinear, "forward", reference_linear)
     monkeypatch.setattr(blocks_module.BlockEmbedding, "forward", reference_embedding)
     python = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01, cpu_kernels=False))
-    assert python.model.cpu_stack is None and python.keeps_file_quantization
+    assert isinstance(python.runner.attention, TorchBackend) and python.loaded.keeps_file_quantization
     reference, reference_prompt = _generate(python, params), prompt_logprobs(python, PROMPTS[1])
     # Equal up to the order floats are added in; where that moves an activation across a rounding
     # boundary of the next layer's 8-bit quantization, one value moves by a step: hence 2e-3, not 1e-6.
@@ -126,7 +127,7 @@ _RSS_SCRIPT = textwrap.dedent("""
     from engine import EngineConfig, LLMEngine
     # a small file first: imports, the built kernels and the code's own first-use costs are not
     # what is measured
-    LLMEngine(EngineConfig(model=sys.argv[2], num_threads=1, num_kv_blocks=4))
+    LLMEngine(EngineConfig(model=sys.argv[2], num_threads=1, num_kv_blocks=4, dtype=sys.argv[3]))
 
     def status(key):
         for line in open("/proc/self/status"):
@@ -135,25 +136,41 @@ _RSS_SCRIPT = textwrap.dedent("""
 
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
     base = status("VmRSS")
-    engine = LLMEngine(EngineConfig(model=sys.argv[1], num_threads=1, num_kv_blocks=4))
-    print(status("VmHWM") - base, engine.weight_formats)
+    engine = LLMEngine(EngineConfig(model=sys.argv[1], num_threads=1, num_kv_blocks=4, dtype=sys.argv[3]))
+    print(status("VmHWM") - base, engine.loaded.weight_formats)
 """)
+# the generated file's layers (4 of hidden 1024, 16/4 heads, ffn 2048; 512 tokens) as float32
+FLOAT32_BYTES = (4 * (1024 * 1024 * 2.5 + 3 * 1024 * 2048) + 2 * 512 * 1024) * 4
+
+
+def _load_peak(tmp_path, qtype: str, dtype: str) -> tuple[str, int, str]:
+    """(the generated file, the peak resident set's growth while an engine loads it, its weight formats)."""
+    path = write_tiny_gguf(str(tmp_path / "big.gguf"), qtype=qtype, hidden_size=1024, num_heads=16, num_kv_heads=4,
+                           intermediate_size=2048, num_layers=4, seed=5)
+    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    small = write_tiny_gguf(str(tmp_path / "small.gguf"), qtype="Q8_0", seed=5)
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, path, small, dtype], capture_output=True, text=True,
+                         env=env, check=True, timeout=300).stdout.split()
+    return path, int(out[0]), " ".join(out[1:])
 
 
 def test_loading_a_quantized_file_does_not_materialize_float32(tmp_path):
     """A generated Q8_0 file (39 MB; 147 MB as float32): loading it raises the peak resident set
     by less than the file's size, the weights staying memory-mapped until used (measured: ~12 MB,
     the un-permuted q/k copies among it; with dtype=float32, ~234 MB)."""
-    path = write_tiny_gguf(str(tmp_path / "big.gguf"), qtype="Q8_0", hidden_size=1024, num_heads=16, num_kv_heads=4,
-                           intermediate_size=2048, num_layers=4, seed=5)
-    float32_bytes = (4 * (1024 * 1024 * 2.5 + 3 * 1024 * 2048) + 2 * 512 * 1024) * 4
-    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    small = write_tiny_gguf(str(tmp_path / "small.gguf"), qtype="Q8_0", seed=5)
-    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, path, small], capture_output=True, text=True, env=env,
-                         check=True, timeout=300).stdout.split()
-    peak_growth = int(out[0])
-    assert "Q8_0 x" in " ".join(out[1:])
-    assert peak_growth < os.path.getsize(path) < 0.3 * float32_bytes, (peak_growth, os.path.getsize(path))
+    path, peak_growth, formats = _load_peak(tmp_path, "Q8_0", "auto")
+    assert "Q8_0 x" in formats
+    assert peak_growth < os.path.getsize(path) < 0.3 * FLOAT32_BYTES, (peak_growth, os.path.getsize(path))
+
+
+def test_a_bfloat16_load_never_holds_the_model_in_float32(tmp_path):
+    """dtype bfloat16 (what CUDA runs; here on the CPU) from a quantized file: each matrix is
+    dequantized into bfloat16 a few rows at a time, so the peak stays under the model's float32
+    size (measured: ~120 MB for 73 MB of bfloat16; dequantizing all of it to float32 first and
+    casting after, as the loader once did, ~245 MB)."""
+    _, peak_growth, formats = _load_peak(tmp_path, "Q4_0", "bfloat16")
+    assert "Q4_0" not in formats  # dequantized, not kept as the file's blocks
+    assert peak_growth < FLOAT32_BYTES, peak_growth
 
 
 def test_a_requests_tokens_do_not_depend_on_the_batch(quantized_gguf):
@@ -184,9 +201,9 @@ def test_other_families_compute_on_the_blocks(quantized_family):
     family, path = quantized_family
     config = dict(model=path, num_threads=1, kv_cache_memory_gb=0.01)
     engine = LLMEngine(EngineConfig(**config))
-    model = engine.model
-    assert engine.keeps_file_quantization and model.cpu_stack is not None
-    assert "Q4_1 x" in engine.weight_formats
+    model = engine.runner.model
+    assert engine.loaded.keeps_file_quantization and isinstance(engine.runner.attention, CpuStackBackend)
+    assert "Q4_1 x" in engine.loaded.weight_formats
     if family == "gpt2":
         embeddings = (model.wte, model.wpe)
         linears = [m for block in model.h for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc,
@@ -202,7 +219,7 @@ def test_other_families_compute_on_the_blocks(quantized_family):
     assert all(isinstance(m, BlockLinear) for m in [*linears, model.lm_head])
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
     python = LLMEngine(EngineConfig(**config, cpu_kernels=False))
-    assert python.model.cpu_stack is None and python.keeps_file_quantization
+    assert isinstance(python.runner.attention, TorchBackend) and python.loaded.keeps_file_quantization
     for (ids, lps), (ref_ids, ref_lps) in zip(_generate(engine, params), _generate(python, params)):
         assert ids == ref_ids
         np.testing.assert_allclose(lps, ref_lps, atol=1e-4)
