@@ -10,6 +10,10 @@ PORT   ?= 8000
 SHELL  := /bin/bash
 # when make started, so `make test` can say how long it took, installs included
 START  := $(shell date +%s)
+# pytest-xdist workers for `make test` (the groups that keep one server per configuration:
+# tests/conftest.py); each test process computes on one thread, so two workers use two cores
+# without waiting at each other's OpenMP barriers
+TEST_WORKERS ?= 2
 
 .PHONY: install install-test serve test clean
 
@@ -45,7 +49,8 @@ test:
 	bash scripts/install-test-tools.sh
 	$(VENV)/bin/lint-imports
 	@set -o pipefail; pytest_start=$$(date +%s); \
-	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS) 2>&1 | tee .pytest-last.log; status=$$?; \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=25 $(PYTEST_ARGS) 2>&1 \
+	    | tee .pytest-last.log; status=$$?; \
 	now=$$(date +%s); \
 	echo "make test took $$((now - $(START))) s in all, pytest $$((now - pytest_start)) s; pytest exited $$status"; \
 	tail -n 1 .pytest-last.log; \

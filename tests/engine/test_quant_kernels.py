@@ -145,6 +145,26 @@ def test_block_matmul(isa, qtype, num_tokens):
     assert np.abs(got - exact).max() < (0.05 if block == 32 else 0.1) * np.abs(exact).max()
 
 
+@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q4_K], ids=lambda t: t.name)
+def test_rows_split_across_threads_give_the_same_bits(qtype):
+    """`make test` runs with one thread (OMP_NUM_THREADS=1); a served model uses every core, its
+    rows' tiles split between threads: each output is still computed whole by one thread, in
+    the same order, so the result does not depend on the thread count."""
+    rng = np.random.default_rng(7)
+    n, k = 101, 512
+    raw = torch.from_numpy(random_weights(qtype, n, k, rng))
+    x = torch.from_numpy(rng.standard_normal((16, k)).astype(np.float32))
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(kernels.quant_matmul(x, raw, int(qtype), n, k, "auto"))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_one_call_mixes_formats(isa):
     """A Q4_K_M file's fused q/k/v: Q4_K beside Q6_K, and a Q8_0 part that needs the other
