@@ -8,11 +8,22 @@ through the KV cache (which is where a float16 cache rounds anything).
 
 Prints the perplexity with the plain weights and with each setting given, and the mean
 absolute difference of the per-token logprobs between them.
+
+Side by side with llama.cpp's llama-perplexity on the same GGUF file and text:
+
+    .venv/bin/python scripts/perplexity.py --model FILE.gguf --ctx 128 [--llama-perplexity BIN] [--dtype float32]
+
+--ctx N scores the text as llama-perplexity does: the tokens (BOS first when the model adds one)
+cut into windows of N, each window evaluated on its own with its first token replaced by BOS,
+and only the predictions of its second half counted (positions N/2 .. N-2). With
+--llama-perplexity it also runs that binary (`-c N -b N -t THREADS`) and prints both.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import re
+import subprocess
 from pathlib import Path
 
 from engine import EngineConfig, LLMEngine, SamplingParams
@@ -38,6 +49,37 @@ def token_logprobs(setting: str | None, model: str | None, text: str, chunk: int
     return [lp.logprob for lp in got[1:]]
 
 
+def windowed_logprobs(model: str | None, dtype: str, text: str, ctx: int) -> list[float]:
+    """Per-token logprobs scored exactly as llama-perplexity scores them (see the module doc)."""
+    # a window of ctx tokens plus the one token a request must ask for
+    engine = LLMEngine(EngineConfig(model=model, dtype=dtype, max_model_len=ctx + 1, max_num_batched_tokens=ctx))
+    tok = engine.tokenizer
+    ids = tok.encode(text, add_special_tokens=True)
+    if len(ids) < 2 * ctx:
+        raise SystemExit(f"the text has {len(ids)} tokens; llama-perplexity needs at least {2 * ctx} for --ctx {ctx}")
+    first, scored = ctx // 2, []
+    for start in range(0, len(ids) // ctx * ctx, ctx):
+        window = ids[start:start + ctx]
+        if tok.add_bos_token:
+            window[0] = tok.bos_token_id
+        engine.add_request(f"w{start}", window, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.prompt_logprobs is not None:
+                    # entry q is the logprob of token q (predicted at position q - 1)
+                    scored += [lp.logprob for lp in out.prompt_logprobs[first + 1:ctx]]
+    return scored
+
+
+def llama_perplexity(binary: str, model: str, text_path: str, ctx: int, threads: int) -> float:
+    res = subprocess.run([binary, "-m", model, "-f", text_path, "-c", str(ctx), "-b", str(ctx), "-t", str(threads)],
+                         capture_output=True, text=True, check=True)
+    found = re.search(r"Final estimate: PPL = ([0-9.]+)", res.stdout + res.stderr)
+    if found is None:
+        raise SystemExit(f"no final estimate in llama-perplexity's output:\n{res.stderr[-2000:]}")
+    return float(found.group(1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -46,8 +88,23 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=64,
                     help="prefill chunk (tokens per step): later chunks read earlier ones from the KV cache")
     ap.add_argument("--text", default=str(DEFAULT_TEXT))
+    ap.add_argument("--ctx", type=int, default=None, help="score as llama-perplexity -c CTX does (module doc)")
+    ap.add_argument("--dtype", default="auto", help="with --ctx: auto (the file's own blocks) or float32")
+    ap.add_argument("--llama-perplexity", default=None, help="with --ctx: llama.cpp's binary, run on the same file")
+    ap.add_argument("--threads", type=int, default=2, help="llama-perplexity -t")
     args = ap.parse_args()
     text = Path(args.text).read_text()
+    if args.ctx:
+        lps = windowed_logprobs(args.model, args.dtype, text, args.ctx)
+        ours = math.exp(-sum(lps) / len(lps))
+        print(f"gptserve ({args.dtype}): perplexity {ours:.4f} over {len(lps)} scored tokens, windows of {args.ctx}")
+        if args.llama_perplexity:
+            from engine.loader import default_model_path
+
+            theirs = llama_perplexity(args.llama_perplexity, args.model or default_model_path(), args.text,
+                                      args.ctx, args.threads)
+            print(f"llama-perplexity: perplexity {theirs:.4f}; gptserve / llama-perplexity = {ours / theirs:.4f}")
+        return
     base = token_logprobs(None, args.model, text, args.chunk)
     print(f"{len(base) + 1} tokens of {args.text}")
     print(f"plain weights: perplexity {math.exp(-sum(base) / len(base)):.4f}")
