@@ -49,6 +49,10 @@ if importlib.util.find_spec("xdist") is not None:
             def _split_scope(self, nodeid: str) -> str:
                 return xdist_scope(nodeid)
 
+        # in collection order (clients/ on the live server, then deploy/ with the image install:
+        # the two longest groups start first), not xdist's default of the most tests first,
+        # which left the image install's minute and more for the end of the run
+        config.option.loadscopereorder = False
         return GroupScheduling(config, log)
 
 

@@ -131,15 +131,29 @@ def test_greedy_generations_identical_to_python_layers(fixture, request):
     assert [g[0] for g in again] == [w[0] for w in want]
 
 
+def _smollm2_on_both_backends(**kw):
+    """The real model loaded once (the costly part), with its C++ backend and a torch backend over
+    the same weights; no prefix cache, so a second run computes every block again itself."""
+    engine = LLMEngine(EngineConfig(num_threads=1, seed=0, enable_prefix_caching=False, max_model_len=512, **kw))
+    native = engine.runner.attention
+    assert isinstance(native, CpuStackBackend)
+    return engine, native, TorchBackend(engine.runner.model, engine.runner.device)
+
+
+def _on(engine, backend, run, *args):
+    engine.runner.attention = backend
+    return run(engine, *args)
+
+
 def test_smollm2_greedy_identical_to_python_layers():
     """float32: the same function, so the same tokens (the default block-format path quantizes
     activations, where float order can tip a rounding step: tests/engine/test_quant_model.py)."""
-    python, native = _engines(None, max_model_len=512, dtype="float32")
-    tok = python.tokenizer
+    engine, native, python = _smollm2_on_both_backends(dtype="float32")
     texts = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,"]
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
-    prompts = [tok.encode(t) for t in texts]
-    assert [o[0] for o in _run(native, prompts, params)] == [o[0] for o in _run(python, prompts, params)]
+    prompts = [engine.tokenizer.encode(t) for t in texts]
+    got, want = _on(engine, native, _run, prompts, params), _on(engine, python, _run, prompts, params)
+    assert [o[0] for o in got] == [o[0] for o in want]
 
 
 def test_smollm2_int8_close_to_python_int8():
@@ -148,10 +162,10 @@ def test_smollm2_int8_close_to_python_int8():
     changes a layer's output by a step, and that cascades, so per-token logprobs part by about as
     much as int8 parts from the exact weights (mean 0.2 on this text). What must hold is the
     quality: the text's mean logprob (its perplexity) is the same within noise."""
-    python, native = _engines(None, max_model_len=512, quantization="int8")
-    ids = python.tokenizer.encode("Photosynthesis is the process plants use to turn light, water and carbon "
+    engine, native, python = _smollm2_on_both_backends(quantization="int8")
+    ids = engine.tokenizer.encode("Photosynthesis is the process plants use to turn light, water and carbon "
                                   "dioxide into sugar and oxygen. Chlorophyll absorbs sunlight.")
-    want, got = prompt_logprobs(python, ids), prompt_logprobs(native, ids)
+    want, got = _on(engine, python, prompt_logprobs, ids), _on(engine, native, prompt_logprobs, ids)
     assert abs(want.mean() - got.mean()) < 0.1
     assert (want - got).abs().mean() < 0.5
 
