@@ -40,7 +40,11 @@ def token_logprobs(setting: str | None, model: str | None, text: str, chunk: int
     engine = LLMEngine(EngineConfig(model=model, quantization="int8" if "int8" in parts else None, max_model_len=2048,
                                     kv_cache_dtype="float16" if "kv16" in parts else "auto",
                                     max_num_batched_tokens=chunk))
-    ids = engine.tokenizer.encode(text, add_special_tokens=True)[: engine.max_model_len - 1]
+    return prompt_logprobs(engine, engine.tokenizer.encode(text, add_special_tokens=True)[: engine.max_model_len - 1])
+
+
+def prompt_logprobs(engine: LLMEngine, ids: list[int]) -> list[float]:
+    """Teacher-forced: entry i is the logprob of ids[i + 1] given ids[: i + 1]."""
     engine.add_request("ppl", ids, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))
     got = None
     while engine.has_unfinished_requests():
@@ -62,12 +66,7 @@ def windowed_logprobs(model: str | None, dtype: str, text: str, ctx: int) -> lis
         window = ids[start:start + ctx]
         if tok.add_bos_token:
             window[0] = tok.bos_token_id
-        engine.add_request(f"w{start}", window, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.prompt_logprobs is not None:
-                    # entry q is the logprob of token q (predicted at position q - 1)
-                    scored += [lp.logprob for lp in out.prompt_logprobs[first + 1:ctx]]
+        scored += prompt_logprobs(engine, window)[first:ctx - 1]  # predictions at positions first .. ctx-2
     return scored
 
 
