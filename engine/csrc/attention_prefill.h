@@ -297,18 +297,15 @@ void attend(const float* q, int64_t q_stride, const Tensor& cache, const std::ve
         tasks.push_back({i, g, r0, r1, (r1 - r0) * keys});
       }
   }
-  // longest first, then whichever thread is free takes the next: the causal tiles differ in cost
+  // longest first: the causal tiles differ in cost
   std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
   const T* kc = cache[0].data_ptr<T>();
   const T* vc = cache[1].data_ptr<T>();
-  const int64_t num_tasks = static_cast<int64_t>(tasks.size());
-  std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_tasks);
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+  // (the pool gives the next task to whichever thread is free)
+  gq::parallel_tasks(static_cast<int64_t>(tasks.size()), [&](int64_t i) {
     Scratch w(rows_per_task * G, D);
     std::vector<int64_t> pos(rows_per_task * G);
-    for (int64_t i = next.fetch_add(1); i < num_tasks; i = next.fetch_add(1))
-      run_task<T>(tasks[i], chunks[tasks[i].chunk], sh, kc, vc, q, q_stride, out, out_stride, w, pos);
+    run_task<T>(tasks[i], chunks[tasks[i].chunk], sh, kc, vc, q, q_stride, out, out_stride, w, pos);
   });
 }
 

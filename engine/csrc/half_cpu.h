@@ -139,24 +139,17 @@ inline void gemm(int64_t type, const float* x, int64_t T, int64_t K, const uint1
 namespace gq {
 namespace half {
 
-// y (T, ldy) columns [0, n) = x (T, K) W^T for W (n, ldw) uint16 rows of `type` (F16 or BF16).
-inline void matmul(int64_t type, const float* x, int64_t T, int64_t K, const uint16_t* w, int64_t ldw, int64_t n,
-                   float* y, int64_t ldy, Isa isa) {
-  // tasks of 12 rows (whole tiles of 4), each at least ~32k multiply-adds so threads pay
-  // for themselves
-  constexpr int64_t unit = 12;
-  const int64_t tasks = (n + unit - 1) / unit;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, unit * K * T));
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    const int64_t n0 = begin * unit, n1 = std::min(n, end * unit);
-    switch (isa) {
+// y (T, ldy) columns [n0, n1) = x (T, K) W^T for W (n, ldw) uint16 rows of `type` (F16 or BF16);
+// n0 a multiple of 4 (whole tiles).
+inline void rows(int64_t type, const float* x, int64_t T, int64_t K, const uint16_t* w, int64_t ldw, int64_t n0,
+                 int64_t n1, float* y, int64_t ldy, Isa isa) {
+  switch (isa) {
 #ifdef GQ_X86
-      case Isa::avx512:  // (no 512-bit variant yet: the AVX2 one runs there)
-      case Isa::avx2: avx2::gemm(type, x, T, K, w, ldw, n0, n1, y, ldy); break;
+    case Isa::avx512:  // (no 512-bit variant yet: the AVX2 one runs there)
+    case Isa::avx2: return avx2::gemm(type, x, T, K, w, ldw, n0, n1, y, ldy);
 #endif
-      default: gemm_scalar(type, x, T, K, w, ldw, n0, n1, y, ldy);
-    }
-  });
+    default: gemm_scalar(type, x, T, K, w, ldw, n0, n1, y, ldy);
+  }
 }
 
 }  // namespace half

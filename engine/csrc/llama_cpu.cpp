@@ -609,10 +609,10 @@ class LlamaStack {
     // one task per sequence: each cached row (all KV heads, contiguous) is read once
     const int64_t Hq = num_heads_;
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, max_len * Hq * D / 64));
-    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    gq::parallel_tasks((B + grain - 1) / grain, [&](int64_t task) {
       std::vector<float> scores(Hq * max_len);
       std::vector<float> acc(Hq * D);
-      for (int64_t b = begin; b < end; ++b) {
+      for (int64_t b = task * grain; b < std::min(B, (task + 1) * grain); ++b) {
         const int64_t len = lp[b], first = window ? std::max<int64_t>(0, len - window) : 0, n = len - first;
         const int64_t* table = tab + b * tab_stride;
         const float* qb = q + b * q_stride;

@@ -10,7 +10,7 @@
 // One GEMM shape for every ISA (after llamafile's tinyBLAS): a tile of activation rows x weight
 // rows; each weight block is unpacked once and used for every activation row of the tile
 // (quant_gemm_simd.inc for the 32-value formats, quant_gemm_k_simd.inc for the K formats); output
-// rows split across threads with at::parallel_for. Variants: AVX2 (maddubs), AVX-512 VNNI
+// rows split across the kernels' threads (thread_pool.h). Variants: AVX2 (maddubs), AVX-512 VNNI
 // (vpdpbusd, 256-bit) and a portable scalar one, compiled in one binary (#pragma GCC target) and
 // chosen at run time from the CPU's features, or forced by set_isa() (GPTSERVE_CPU_ISA, read in
 // engine/layers/cpu_kernels.py).
@@ -29,6 +29,7 @@
 #endif
 
 #include "quant_formats.h"
+#include "thread_pool.h"
 
 namespace gq {
 
@@ -188,24 +189,27 @@ inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, co
   Acts acts;
   if (needs_q8) quantize_acts(x.data_ptr<float>(), T, K, acts.q8);
   if (needs_q8k) quantize_acts_k(x.data_ptr<float>(), T, K, acts.q8k);
-  int64_t offset = 0;
-  for (size_t i = 0; i < ws.size(); ++i) {
-    const uint8_t* wp = ws[i].data_ptr<uint8_t>();
-    const int64_t ldw = ws[i].stride(0), n = ns[i], type = types[i];
-    float* yp = y.data_ptr<float>() + offset;
-    if (is_half(type)) {
-      half::matmul(type, x.data_ptr<float>(), T, K, reinterpret_cast<const uint16_t*>(wp), ldw / 2, n, yp, N, isa);
-      offset += n;
-      continue;
-    }
-    // tasks of whole 4-row tiles, each at least ~32k multiply-adds so threads pay for themselves
-    const int64_t tiles = (n + 3) / 4;
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 4 * K * T));
-    at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
-      gemm_part(isa, type, acts, wp, ldw, begin * 4, std::min(n, end * 4), yp, N);
-    });
-    offset += n;
-  }
+  // One job for all the parts: tasks of whole 4-row tiles, each ~64k multiply-adds or more so that
+  // claiming one costs little beside it (a SmolLM2 decode step's fused q/k/v: 9 tasks).
+  struct Task {
+    const uint8_t* w;
+    int64_t type, ldw, n0, n1;
+    float* y;
+  };
+  std::vector<Task> tasks;
+  const int64_t rows_per_task = std::max<int64_t>(4, 65536 / std::max<int64_t>(1, K * T) / 4 * 4);
+  float* yp = y.data_ptr<float>();
+  for (size_t i = 0; i < ws.size(); yp += ns[i], ++i)
+    for (int64_t n0 = 0; n0 < ns[i]; n0 += rows_per_task)
+      tasks.push_back({ws[i].data_ptr<uint8_t>(), types[i], ws[i].stride(0), n0, std::min(ns[i], n0 + rows_per_task), yp});
+  const float* xp = x.data_ptr<float>();
+  parallel_tasks(static_cast<int64_t>(tasks.size()), [&](int64_t t) {
+    const Task& k = tasks[t];
+    if (is_half(k.type))
+      half::rows(k.type, xp, T, K, reinterpret_cast<const uint16_t*>(k.w), k.ldw / 2, k.n0, k.n1, k.y, N, isa);
+    else
+      gemm_part(isa, k.type, acts, k.w, k.ldw, k.n0, k.n1, k.y, N);
+  });
   return y;
 }
 

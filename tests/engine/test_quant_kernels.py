@@ -5,6 +5,8 @@ the error that quantizing the activations to 8 bits per block allows), and a num
 ggml-cpu's integer arithmetic (activations quantized per block, exact integer block sums, one
 scale multiply per block), which the kernel must match up to float summation order.
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -163,6 +165,28 @@ def test_rows_split_across_threads_give_the_same_bits(qtype):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+def test_calls_from_several_threads_at_once():
+    """The kernels' thread pool (engine/csrc/thread_pool.h) runs one job at a time; a call made
+    while another thread's job runs (the engine's step beside an embedding model, say: both
+    release the GIL) computes on its own thread, and both get their whole, right result."""
+    rng = np.random.default_rng(8)
+    n, k = 256, 512
+    raw = torch.from_numpy(random_weights(Q.Q4_0, n, k, rng))
+    xs = [torch.from_numpy(rng.standard_normal((4, k)).astype(np.float32)) for _ in range(4)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        alone = [kernels.quant_matmul(x, raw, int(Q.Q4_0), n, k, "auto") for x in xs]
+        with ThreadPoolExecutor(len(xs)) as pool:
+            together = [f.result() for f in [pool.submit(lambda x=x: [kernels.quant_matmul(x, raw, int(Q.Q4_0), n, k,
+                                                                                          "auto") for _ in range(50)])
+                                            for x in xs]]
+    finally:
+        torch.set_num_threads(before)
+    for want, got in zip(alone, together):
+        assert all(torch.equal(want, g) for g in got)
 
 
 @pytest.mark.parametrize("isa", ISAS)
