@@ -11,9 +11,9 @@ SHELL  := /bin/bash
 # when make started, so `make test` can say how long it took, installs included
 START  := $(shell date +%s)
 # pytest-xdist workers for `make test` (the groups that keep one server per configuration:
-# tests/conftest.py); each test process computes on one thread, so two workers use two cores
-# without waiting at each other's OpenMP barriers
-TEST_WORKERS ?= 2
+# tests/conftest.py); each test process computes on one thread. Three on two cores: many tests
+# wait on a server, a timer or a subprocess, and two workers left the cores a quarter idle
+TEST_WORKERS ?= 3
 
 .PHONY: install install-test serve test clean
 

@@ -606,78 +606,81 @@ class LlamaStack {
     const int64_t slot_stride = Hkv * D;
     int64_t max_len = 0;  // the most keys a sequence attends over
     for (int64_t b = 0; b < B; ++b) max_len = std::max(max_len, window ? std::min(lp[b], window) : lp[b]);
-    // one task per sequence: each cached row (all KV heads, contiguous) is read once
-    const int64_t Hq = num_heads_;
-    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, max_len * Hq * D / 64));
-    gq::parallel_tasks((B + grain - 1) / grain, [&](int64_t task) {
-      std::vector<float> scores(Hq * max_len);
-      std::vector<float> acc(Hq * D);
-      for (int64_t b = task * grain; b < std::min(B, (task + 1) * grain); ++b) {
+    // one task per sequence and KV head (its G query heads): a lone sequence's attention still
+    // spreads over the threads; a task reads its KV head's part of each cached row
+    const int64_t per_task = G * max_len * D;  // multiply-adds, about; tiny tasks go several at once
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, per_task));
+    const int64_t units = B * Hkv;
+    gq::parallel_tasks((units + grain - 1) / grain, [&](int64_t task) {
+      std::vector<float> scores(G * max_len);
+      std::vector<float> acc(G * D);
+      for (int64_t u = task * grain; u < std::min(units, (task + 1) * grain); ++u) {
+        const int64_t b = u / Hkv, g = u % Hkv, h0 = g * G;
         const int64_t len = lp[b], first = window ? std::max<int64_t>(0, len - window) : 0, n = len - first;
         const int64_t* table = tab + b * tab_stride;
-        const float* qb = q + b * q_stride;
+        const float* qb = q + b * q_stride + h0 * D;
+        float* ob = out + b * out_stride + h0 * D;
 #ifdef GPTSERVE_FAST_ATTENTION
         if (D == 64 || D == 128) {
-          fast_sequence<T>(qb, kc, vc, table, first, len, block_size, slot_stride, sm_scale, scores.data(), max_len,
-                           out + b * out_stride);
+          fast_heads<T>(qb, G, kc + g * D, vc + g * D, table, first, len, block_size, slot_stride, sm_scale,
+                        scores.data(), max_len, ob);
           continue;
         }
 #endif
         for_each_run(table, first, len, block_size, [&](int64_t slot, int64_t j, int64_t count) {
           for (int64_t off = 0; off < count; ++off) {
-            const T* row = kc + (slot + off) * slot_stride;
-            for (int64_t h = 0; h < Hq; ++h)
-              scores[h * max_len + j + off] = dot(qb + h * D, row + (h / G) * D, D) * sm_scale;
+            const T* row = kc + (slot + off) * slot_stride + g * D;
+            for (int64_t h = 0; h < G; ++h) scores[h * max_len + j + off] = dot(qb + h * D, row, D) * sm_scale;
           }
         });
-        for (int64_t h = 0; h < Hq; ++h) {
+        for (int64_t h = 0; h < G; ++h) {
           softcap_inplace(scores.data() + h * max_len, n, cap);
           softmax_inplace(scores.data() + h * max_len, n);
         }
         std::fill(acc.begin(), acc.end(), 0.f);
         for_each_run(table, first, len, block_size, [&](int64_t slot, int64_t j, int64_t count) {
           for (int64_t off = 0; off < count; ++off) {
-            const T* row = vc + (slot + off) * slot_stride;
-            for (int64_t h = 0; h < Hq; ++h)
-              axpy(scores[h * max_len + j + off], row + (h / G) * D, acc.data() + h * D, D);
+            const T* row = vc + (slot + off) * slot_stride + g * D;
+            for (int64_t h = 0; h < G; ++h) axpy(scores[h * max_len + j + off], row, acc.data() + h * D, D);
           }
         });
-        std::copy(acc.begin(), acc.end(), out + b * out_stride);
+        std::copy(acc.begin(), acc.end(), ob);
       }
     });
   }
 
 #ifdef GPTSERVE_FAST_ATTENTION
-  // One sequence, every query head, head_dim 64 or 128: eight keys at a time per head, the value
-  // sums kept in registers.
+  // One sequence's `heads` query heads that share one KV head (kc, vc: that head's column of the
+  // pool), head_dim 64 or 128: eight keys at a time per head, the value sums kept in registers.
   template <typename T>
-  void fast_sequence(const float* qb, const T* kc, const T* vc, const int64_t* table, int64_t first, int64_t len,
-                     int64_t block_size, int64_t slot_stride, float sm_scale, float* scores, int64_t max_len,
-                     float* out) {
+  void fast_heads(const float* qb, int64_t heads, const T* kc, const T* vc, const int64_t* table, int64_t first,
+                  int64_t len, int64_t block_size, int64_t slot_stride, float sm_scale, float* scores,
+                  int64_t max_len, float* out) {
     if (head_dim_ == 64)
-      fast_sequence_nv<8, T>(qb, kc, vc, table, first, len, block_size, slot_stride, sm_scale, scores, max_len, out);
+      fast_heads_nv<8, T>(qb, heads, kc, vc, table, first, len, block_size, slot_stride, sm_scale, scores, max_len,
+                          out);
     else
-      fast_sequence_nv<16, T>(qb, kc, vc, table, first, len, block_size, slot_stride, sm_scale, scores, max_len, out);
+      fast_heads_nv<16, T>(qb, heads, kc, vc, table, first, len, block_size, slot_stride, sm_scale, scores, max_len,
+                           out);
   }
 
   template <int NV, typename T>
-  void fast_sequence_nv(const float* qb, const T* kc, const T* vc, const int64_t* table, int64_t first, int64_t len,
-                        int64_t block_size, int64_t slot_stride, float sm_scale, float* scores, int64_t max_len,
-                        float* out) {
-    const int64_t D = NV * 8, G = num_heads_ / num_kv_heads_;
+  void fast_heads_nv(const float* qb, int64_t heads, const T* kc, const T* vc, const int64_t* table, int64_t first,
+                     int64_t len, int64_t block_size, int64_t slot_stride, float sm_scale, float* scores,
+                     int64_t max_len, float* out) {
+    constexpr int64_t D = NV * 8;
     const float cap = static_cast<float>(opts_.softcap);
-    for (int64_t h = 0; h < num_heads_; ++h) {
-      const int64_t koff = (h / G) * D;
+    for (int64_t h = 0; h < heads; ++h) {
       float* sc = scores + h * max_len;
       for_each_run(table, first, len, block_size, [&](int64_t slot, int64_t j, int64_t count) {
-        qk_rows<NV>(qb + h * D, kc + slot * slot_stride + koff, slot_stride, count, sm_scale, sc + j);
+        qk_rows<NV>(qb + h * D, kc + slot * slot_stride, slot_stride, count, sm_scale, sc + j);
       });
       softcap_inplace(sc, len - first, cap);
       softmax_inplace(sc, len - first);
       __m256 acc[NV];
       for (int v = 0; v < NV; ++v) acc[v] = _mm256_setzero_ps();
       for_each_run(table, first, len, block_size, [&](int64_t slot, int64_t j, int64_t count) {
-        pv_rows<NV>(sc + j, vc + slot * slot_stride + koff, slot_stride, count, acc);
+        pv_rows<NV>(sc + j, vc + slot * slot_stride, slot_stride, count, acc);
       });
       for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + h * D + 8 * v, acc[v]);
     }
