@@ -167,6 +167,23 @@ def test_rows_split_across_threads_give_the_same_bits(qtype):
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", FORMATS + K_FORMATS, ids=lambda t: t.name)
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(isa, qtype):
+    """The kernels tile several activation rows together (a batch's tokens, a prompt's chunk) and
+    a lone row another way; each row's outputs must be the same bits in any batch, or a request's
+    tokens would depend on who else is being served."""
+    rng = np.random.default_rng(int(qtype) + 50)
+    n, k = 37, 512
+    raw = torch.from_numpy(random_weights(qtype, n, k, rng))
+    x = torch.from_numpy(rng.standard_normal((11, k)).astype(np.float32))
+    together = kernels.quant_matmul(x, raw, int(qtype), n, k, isa)
+    for i in range(len(x)):
+        alone = kernels.quant_matmul(x[i:i + 1], raw, int(qtype), n, k, isa)
+        assert torch.equal(alone[0], together[i]), f"row {i}"
+    assert torch.equal(kernels.quant_matmul(x[3:10], raw, int(qtype), n, k, isa), together[3:10])
+
+
 def test_calls_from_several_threads_at_once():
     """The kernels' thread pool (engine/csrc/thread_pool.h) runs one job at a time; a call made
     while another thread's job runs (the engine's step beside an embedding model, say: both
