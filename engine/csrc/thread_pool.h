@@ -49,12 +49,13 @@ class Pool {
   template <class F>
   void run(int64_t n, const F& fn) {
     if (n <= 0) return;
-    const int64_t threads = at::get_num_threads();
-    std::unique_lock<std::mutex> owner(post_mutex_, std::try_to_lock);
-    if (n == 1 || threads <= 1 || in_task() || !owner.owns_lock()) {
+    auto here = [&] {
       for (int64_t i = 0; i < n; ++i) fn(i);
-      return;
-    }
+    };
+    const int64_t threads = at::get_num_threads();
+    if (n == 1 || threads <= 1 || in_task()) return here();  // (a task's thread may hold post_mutex_)
+    std::unique_lock<std::mutex> owner(post_mutex_, std::try_to_lock);
+    if (!owner.owns_lock()) return here();
     resize(threads - 1);
     for (int64_t start = 0; start < n; start += kMaxTasks) {  // the counter holds kMaxTasks at most
       const int64_t count = std::min<int64_t>(kMaxTasks, n - start);
