@@ -23,7 +23,7 @@ def live_server(tmp_path_factory) -> LiveServer:
 
 IMAGE_INSTALL_TEST = "test_image_install_and_start_in_a_fresh_venv"
 _image_install = None
-# `make test` runs two pytest-xdist workers; these folders' tests share servers (session and
+# `make test` runs pytest-xdist workers (Makefile's TEST_WORKERS); these folders' tests share servers (session and
 # module fixtures), so each folder runs whole in one worker and each server configuration still
 # starts once per run. clients/, e2e/ and ui/ all drive the built-in model's live server.
 _SHARED = {"clients": "live server", "e2e": "live server", "ui": "live server",
@@ -61,7 +61,7 @@ def pytest_collection_modifyitems(session, config, items):
     background as soon as the test is collected, and the test itself runs last: the install
     overlaps the rest of the suite instead of adding to it. Under pytest-xdist each worker
     collects everything, so there the install starts when the test's worker first asks for it
-    (the other worker goes on meanwhile)."""
+    (the other workers go on meanwhile)."""
     global _image_install
     slow = [item for item in items if item.name == IMAGE_INSTALL_TEST]
     if not slow:

@@ -31,11 +31,14 @@ struct Shape {
   int64_t window;  // a query at p sees keys p - window + 1 .. p; 0: keys 0 .. p
 };
 
-// Per-thread scratch.
+// Per-thread scratch, kept from task to task (run_task fills what it reads).
 struct Scratch {
   std::vector<float> q, o, s, kt, v, max, sum, alpha;
-  Scratch(int64_t rows, int64_t D)
-      : q(rows * D), o(rows * D), s(rows * kKeys), kt(D * kKeys), v(kKeys * D), max(rows), sum(rows), alpha(rows) {}
+  void fit(int64_t rows, int64_t D) {
+    for (auto* buf : {&q, &o}) buf->resize(rows * D);
+    s.resize(rows * kKeys), kt.resize(D * kKeys), v.resize(kKeys * D);
+    for (auto* buf : {&max, &sum, &alpha}) buf->resize(rows);
+  }
 };
 
 #ifdef GPTSERVE_FAST_ATTENTION
@@ -303,8 +306,10 @@ void attend(const float* q, int64_t q_stride, const Tensor& cache, const std::ve
   const T* vc = cache[1].data_ptr<T>();
   // (the pool gives the next task to whichever thread is free)
   gq::parallel_tasks(static_cast<int64_t>(tasks.size()), [&](int64_t i) {
-    Scratch w(rows_per_task * G, D);
-    std::vector<int64_t> pos(rows_per_task * G);
+    thread_local Scratch w;
+    thread_local std::vector<int64_t> pos;
+    w.fit(rows_per_task * G, D);
+    pos.resize(rows_per_task * G);
     run_task<T>(tasks[i], chunks[tasks[i].chunk], sh, kc, vc, q, q_stride, out, out_stride, w, pos);
   });
 }

@@ -611,10 +611,11 @@ class LlamaStack {
     const int64_t per_task = G * max_len * D;  // multiply-adds, about; tiny tasks go several at once
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, per_task));
     const int64_t units = B * Hkv;
-    gq::parallel_tasks((units + grain - 1) / grain, [&](int64_t task) {
-      std::vector<float> scores(G * max_len);
-      std::vector<float> acc(G * D);
-      for (int64_t u = task * grain; u < std::min(units, (task + 1) * grain); ++u) {
+    gq::parallel_ranges(units, grain, [&](int64_t begin, int64_t end) {
+      thread_local std::vector<float> scores, acc;  // each thread's, kept from task to task
+      scores.resize(G * max_len);
+      acc.resize(G * D);
+      for (int64_t u = begin; u < end; ++u) {
         const int64_t b = u / Hkv, g = u % Hkv, h0 = g * G;
         const int64_t len = lp[b], first = window ? std::max<int64_t>(0, len - window) : 0, n = len - first;
         const int64_t* table = tab + b * tab_stride;

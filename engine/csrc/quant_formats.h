@@ -109,8 +109,8 @@ inline void quantize_acts(const float* x, int64_t T, int64_t K, QActs& a) {
   a.d.resize(T * a.nb);
   a.s.resize(T * a.nb);
   a.sum.resize(T * a.nb);
-  parallel_tasks((T * a.nb + 255) / 256, [&](int64_t task) {
-    for (int64_t i = task * 256; i < std::min(T * a.nb, (task + 1) * 256); ++i) {
+  parallel_ranges(T * a.nb, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
       const float* v = x + i * QK;  // rows are contiguous, so block i of the (T, K) matrix
       float amax = 0.f;
       for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(v[j]));
@@ -138,8 +138,8 @@ inline void quantize_acts_k(const float* x, int64_t T, int64_t K, QActsK& a) {
   a.qs.resize(T * K);
   a.d.resize(T * a.nb);
   a.bsums.resize(T * a.nb * 16);
-  parallel_tasks((T * a.nb + 63) / 64, [&](int64_t task) {
-    for (int64_t i = task * 64; i < std::min(T * a.nb, (task + 1) * 64); ++i) {
+  parallel_ranges(T * a.nb, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
       const float* v = x + i * QK_K;
       int8_t* q = a.qs.data() + i * QK_K;
       int16_t* bs = a.bsums.data() + i * 16;

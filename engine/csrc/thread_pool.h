@@ -188,4 +188,10 @@ inline void parallel_tasks(int64_t n, const F& fn) {
   Pool::instance().run(n, fn);
 }
 
+// fn(begin, end) over [0, n) in ranges of `grain` (the last one shorter), one task each
+template <class F>
+inline void parallel_ranges(int64_t n, int64_t grain, const F& fn) {
+  parallel_tasks((n + grain - 1) / grain, [&](int64_t t) { fn(t * grain, std::min(n, (t + 1) * grain)); });
+}
+
 }  // namespace gq
