@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--isa", default="", help="avx512 | avx2 | scalar (default: the widest this CPU runs)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    parser.add_argument("--layouts", default="file,interleaved",
+                        help="file (rows as stored) and/or interleaved (8 rows at a time, as the engine holds the "
+                             "32-value formats); formats without an interleaved kernel run as stored only")
     args = parser.parse_args()
     kernels = load()
     if kernels is None:
@@ -57,18 +60,25 @@ def main() -> None:
         n, k = (int(v) for v in shape.split("x"))
         for name in args.formats.split(","):
             qtype = GGMLQuantizationType[name]
-            w = random_blocks(qtype, n, k, rng)
-            cells = []
-            for tokens in (int(t) for t in args.tokens.split(",")):
-                x = torch.from_numpy(rng.standard_normal((tokens, k)).astype(np.float32))
-                kernels.quant_matmul(x, w, int(qtype), n, k)  # warm the caches and the thread pool
-                best = float("inf")
-                for _ in range(args.repeat):
-                    start = clock()
-                    kernels.quant_matmul(x, w, int(qtype), n, k)
-                    best = min(best, clock() - start)
-                cells.append(f"T={tokens}: {tokens * n * k / best / 1e9:6.1f}")
-            print(f"{shape:>10} {name:5} " + "  ".join(cells))
+            raw = random_blocks(qtype, n, k, rng)
+            layouts = {"file": (raw, int(qtype))}
+            if kernels.can_interleave(int(qtype)) and n % 8 == 0:
+                layouts["interleaved"] = (kernels.quant_interleave(raw, int(qtype), k), int(qtype) | kernels.INTERLEAVED)
+            for layout in args.layouts.split(","):
+                if layout not in layouts:
+                    continue
+                w, type_code = layouts[layout]
+                cells = []
+                for tokens in (int(t) for t in args.tokens.split(",")):
+                    x = torch.from_numpy(rng.standard_normal((tokens, k)).astype(np.float32))
+                    kernels.quant_matmul(x, w, type_code, n, k)  # warm the caches and the thread pool
+                    best = float("inf")
+                    for _ in range(args.repeat):
+                        start = clock()
+                        kernels.quant_matmul(x, w, type_code, n, k)
+                        best = min(best, clock() - start)
+                    cells.append(f"T={tokens}: {tokens * n * k / best / 1e9:6.1f}")
+                print(f"{shape:>10} {name:5} {layout:11} " + "  ".join(cells))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,11 @@
 #include <immintrin.h>
 #endif
 
+#ifdef __linux__
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -42,7 +47,8 @@ struct Linear {
   Tensor weight;  // float32 (out, in), or undefined when int8 or blocks
   Tensor bias;    // float32 (out) or undefined
   c10::intrusive_ptr<LinearPackedParamsBase> packed;  // int8, or null
-  std::vector<Tensor> blocks;  // uint8 (out_i, row bytes) of ggml type types[i], stacked; or empty
+  std::vector<Tensor> blocks;  // uint8 (out_i, row bytes) of ggml type types[i] (| INTERLEAVED: (out_i / 8,
+                               // 8 x row bytes)), stacked; or empty
   std::vector<int64_t> types, outs;
   int64_t in = 0;
 
@@ -500,7 +506,7 @@ class LlamaStack {
       lin.blocks = t[0].cast<std::vector<Tensor>>();
       lin.types = t[1].cast<std::vector<int64_t>>(), lin.outs = t[2].cast<std::vector<int64_t>>();
       lin.in = t[3].cast<int64_t>();
-      for (int64_t type : lin.types) gq::check_row(type, lin.in);  // a type with a kernel, whole blocks a row
+      for (int64_t type : lin.types) gq::check_row(gq::base_type(type), lin.in);  // a type with a kernel, whole blocks a row
       return lin;
     }
     static const c10::FunctionSchema& schema =
@@ -770,6 +776,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         }, py::call_guard<py::gil_scoped_release>(),
         "y (T, sum ns) float32 = x (T, k) @ [W_0; W_1; ...].T for raw GGUF block parts, each of its own type");
   m.def("quant_dequantize", &gq::dequantize, "raw GGUF block rows (R, row bytes) -> float32 (R, k)");
+  m.def("quant_interleave", &gq::interleave, py::arg("w"), py::arg("type"), py::arg("k"),
+        "raw rows (N, row bytes) of Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 -> (N / 8, 8 x row bytes) interleaved: what "
+        "quant_matmul takes with type | INTERLEAVED");
+  m.def("quant_deinterleave", &gq::deinterleave, py::arg("w"), py::arg("type"), py::arg("k"),
+        "interleaved (N / 8, 8 x row bytes) -> the file's rows (N, row bytes)");
+  m.def("can_interleave", &gq::can_interleave, "whether ggml type `type` has an interleaved kernel");
+  m.attr("INTERLEAVED") = gq::INTERLEAVED;
+  m.def("release_file_pages", [](Tensor t) {
+          // Drop this process's mappings of the whole pages inside t's bytes, which must be a read-only
+          // file mapping (a GGUF file's tensor, read once to interleave it): they stay in the page
+          // cache and fault back in if read again; resident memory no longer counts them.
+#ifdef __linux__
+          const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+          const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+          const uintptr_t first = (begin + page - 1) / page * page, last = (begin + t.nbytes()) / page * page;
+          if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+#endif
+        }, "madvise(MADV_DONTNEED) the whole pages of a read-only file-mapped tensor (never other memory)");
   m.def("set_isa", &gq::set_isa, "the kernel variant later calls use: auto | avx512 | avx2 | scalar");
   m.def("supported_isas", &gq::supported_isas, "the kernel variants this CPU can run");
   m.def("native_types", &gq::native_types, "the ggml types the block GEMM computes on");

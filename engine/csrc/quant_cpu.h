@@ -51,6 +51,39 @@ inline void gemm_scalar(int64_t type, const QActs& a, const QActsK& ak, const ui
   }
 }
 
+// Interleaved weights (quant_formats.h), groups g0..g1 -> y's columns 8 g0 .. 8 g1: each row's
+// integer block dot, then acc = fma(d_w d_x, dot, acc) (+ fma(m_w, s_x, acc)), the SIMD kernels'
+// operations in their order, so every variant gives the same bits.
+inline void gemm8_scalar(int64_t type, const QActs& a, const uint8_t* w, int64_t ldg, int64_t g0, int64_t g1, float* y,
+                         int64_t ldy) {
+  const int64_t bb = block_bytes(type), gb = IL * bb;
+  std::vector<uint8_t> blocks(IL * bb);
+  uint8_t* blks[IL];
+  for (int j = 0; j < IL; ++j) blks[j] = blocks.data() + j * bb;
+  std::vector<float> acc(a.T * IL);
+  for (int64_t g = g0; g < g1; ++g) {
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int64_t b = 0; b < a.nb; ++b) {
+      deinterleave_block(type, w + g * ldg + b * gb, blks);
+      for (int j = 0; j < IL; ++j) {
+        Unpacked u;
+        unpack_block(type, blks[j], u);
+        for (int64_t t = 0; t < a.T; ++t) {
+          const int8_t* x = a.qs.data() + t * a.K + b * QK;
+          const int64_t ib = t * a.nb + b;
+          int32_t dot = 0;
+          for (int i = 0; i < QK; ++i) dot += u.q[i] * x[i];  // Q4_0, Q5_0: q - offset already
+          float& r = acc[t * IL + j];
+          r = std::fma(u.d * a.d[ib], static_cast<float>(dot), r);
+          if (u.mn[0]) r = std::fma(-u.dmin, a.s[ib], r);
+        }
+      }
+    }
+    for (int64_t t = 0; t < a.T; ++t)
+      for (int j = 0; j < IL; ++j) y[t * ldy + g * IL + j] = acc[t * IL + j];
+  }
+}
+
 }  // namespace gq
 
 // ---- SIMD kernels: one body, compiled once per ISA ---------------------------------------------
@@ -58,20 +91,24 @@ inline void gemm_scalar(int64_t type, const QActs& a, const QActsK& ak, const ui
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #define GQ_NS avx2
+#define GQ_VNNI 0
 #define GQ_DOT_U8S8(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1))
 #include "quant_gemm_simd.inc"
 #include "quant_gemm_k_simd.inc"
 #undef GQ_DOT_U8S8
+#undef GQ_VNNI
 #undef GQ_NS
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")
 #define GQ_NS avx512
+#define GQ_VNNI 1
 #define GQ_DOT_U8S8(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (s))
 #include "quant_gemm_simd.inc"
 #include "quant_gemm_k_simd.inc"
 #undef GQ_DOT_U8S8
+#undef GQ_VNNI
 #undef GQ_NS
 #pragma GCC pop_options
 #endif
@@ -145,8 +182,20 @@ struct Acts {
   QActsK q8k;
 };
 
+// Output rows n0..n1 (of the part's w) into y's columns n0..n1; interleaved weights: whole groups
+// of 8 rows (ldw: a group's bytes).
 inline void gemm_part(Isa isa, int64_t type, const Acts& acts, const uint8_t* w, int64_t ldw, int64_t n0, int64_t n1,
                       float* y, int64_t ldy) {
+  if (is_interleaved(type)) {
+    const int64_t t = base_type(type), g0 = n0 / IL, g1 = n1 / IL;
+    switch (isa) {
+#ifdef GQ_X86
+      case Isa::avx512: return avx512::gemm8(t, acts.q8, w, ldw, g0, g1, y, ldy);
+      case Isa::avx2: return avx2::gemm8(t, acts.q8, w, ldw, g0, g1, y, ldy);
+#endif
+      default: return gemm8_scalar(t, acts.q8, w, ldw, g0, g1, y, ldy);
+    }
+  }
   switch (isa) {
 #ifdef GQ_X86
     case Isa::avx512:
@@ -172,15 +221,18 @@ inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, co
   bool needs_q8 = false, needs_q8k = false;
   for (size_t i = 0; i < ws.size(); ++i) {
     const Tensor& w = ws[i];
-    check_row(types[i], K);
-    TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(0) == ns[i],
-                "w must be uint8 (", ns[i], ", row bytes)");
-    const int64_t row_bytes = K / block_values(types[i]) * block_bytes(types[i]);
-    TORCH_CHECK(w.size(1) == row_bytes, "w rows hold ", w.size(1), " bytes, expected ", row_bytes);
+    const int64_t type = base_type(types[i]), group = is_interleaved(types[i]) ? IL : 1;
+    check_row(type, K);
+    TORCH_CHECK(!is_interleaved(types[i]) || can_interleave(type), "ggml type ", type, " has no interleaved kernel");
+    TORCH_CHECK(ns[i] % group == 0, "interleaved weights hold whole groups of ", IL, " rows, not ", ns[i]);
+    TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(0) == ns[i] / group,
+                "w must be uint8 (", ns[i] / group, ", ", group == 1 ? "row bytes)" : "8 x row bytes)");
+    const int64_t row_bytes = K / block_values(type) * block_bytes(type);
+    TORCH_CHECK(w.size(1) == group * row_bytes, "w rows hold ", w.size(1), " bytes, expected ", group * row_bytes);
     TORCH_CHECK(w.stride(1) == 1, "w rows must be contiguous");
     N += ns[i];
-    if (is_k(types[i])) needs_q8k = true;
-    else if (!is_half(types[i])) needs_q8 = true;
+    if (is_k(type)) needs_q8k = true;
+    else if (!is_half(type)) needs_q8 = true;
   }
   const Tensor x = x_in.to(at::kFloat).contiguous();
   const int64_t T = x.size(0);
@@ -189,7 +241,7 @@ inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, co
   Acts acts;
   if (needs_q8) quantize_acts(x.data_ptr<float>(), T, K, acts.q8);
   if (needs_q8k) quantize_acts_k(x.data_ptr<float>(), T, K, acts.q8k);
-  // One job for all the parts: tasks of whole 4-row tiles, each ~64k multiply-adds or more so that
+  // One job for all the parts: tasks of whole 8-row groups, each ~64k multiply-adds or more so that
   // claiming one costs little beside it (a SmolLM2 decode step's fused q/k/v: 9 tasks).
   struct Task {
     const uint8_t* w;
@@ -197,7 +249,7 @@ inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, co
     float* y;
   };
   std::vector<Task> tasks;
-  const int64_t rows_per_task = std::max<int64_t>(4, 65536 / std::max<int64_t>(1, K * T) / 4 * 4);
+  const int64_t rows_per_task = std::max<int64_t>(IL, 65536 / std::max<int64_t>(1, K * T) / IL * IL);
   float* yp = y.data_ptr<float>();
   for (size_t i = 0; i < ws.size(); yp += ns[i], ++i)
     for (int64_t n0 = 0; n0 < ns[i]; n0 += rows_per_task)
@@ -229,6 +281,52 @@ inline Tensor dequantize(const Tensor& w, int64_t type, int64_t K) {
   float* op = out.data_ptr<float>();
   at::parallel_for(0, R * nb, 32768 / bv, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) dequantize_block(type, wp + i * bb, op + i * bv);
+  });
+  return out;
+}
+
+// raw rows (N, row bytes) of a 32-value format -> interleaved (N / 8, 8 x row bytes), the same bytes
+// reordered (quant_formats.h); N a multiple of 8.
+inline Tensor interleave(const Tensor& w, int64_t type, int64_t K) {
+  TORCH_CHECK(can_interleave(type), "ggml type ", type, " has no interleaved kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)");
+  check_row(type, K);
+  const int64_t bb = block_bytes(type), nb = K / QK, N = w.size(0);
+  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(1) == nb * bb, "w must be uint8 (rows, ", nb * bb,
+              ")");
+  TORCH_CHECK(N % IL == 0, "interleaving needs whole groups of ", IL, " rows, not ", N);
+  const Tensor wc = w.contiguous();
+  Tensor out = at::empty({N / IL, IL * nb * bb}, wc.options());
+  const uint8_t* src = wc.data_ptr<uint8_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  parallel_ranges(N / IL, 16, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blks[IL];
+        for (int j = 0; j < IL; ++j) blks[j] = src + (g * IL + j) * nb * bb + b * bb;
+        interleave_block(type, blks, dst + (g * nb + b) * IL * bb);
+      }
+  });
+  return out;
+}
+
+// interleaved (N / 8, 8 x row bytes) -> the file's rows (N, row bytes)
+inline Tensor deinterleave(const Tensor& w, int64_t type, int64_t K) {
+  TORCH_CHECK(can_interleave(type), "ggml type ", type, " has no interleaved kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)");
+  check_row(type, K);
+  const int64_t bb = block_bytes(type), nb = K / QK, G = w.size(0);
+  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(1) == IL * nb * bb,
+              "w must be uint8 (groups, ", IL * nb * bb, ")");
+  const Tensor wc = w.contiguous();
+  Tensor out = at::empty({G * IL, nb * bb}, wc.options());
+  const uint8_t* src = wc.data_ptr<uint8_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  parallel_ranges(G, 16, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t b = 0; b < nb; ++b) {
+        uint8_t* blks[IL];
+        for (int j = 0; j < IL; ++j) blks[j] = dst + (g * IL + j) * nb * bb + b * bb;
+        deinterleave_block(type, src + (g * nb + b) * IL * bb, blks);
+      }
   });
   return out;
 }

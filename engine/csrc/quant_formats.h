@@ -66,6 +66,75 @@ inline void check_row(int64_t type, int64_t K) {
   TORCH_CHECK(K % bv == 0, "in_features ", K, " is not a multiple of ", bv, ", the block size of ggml type ", type);
 }
 
+// ---- rows interleaved 8 at a time ------------------------------------------------------------
+// The 32-value formats' weights can be held "interleaved" (quant_cpu.h's interleave(), done once at
+// load): rows in groups of 8, and for each block index b the 8 rows' blocks as one group-block of the
+// same bytes, reordered so that a 32-byte load gives 4 values of each of the 8 rows:
+//   d[8] (fp16) | m[8] (fp16, Q4_1 / Q5_1) | qh[8] (uint32, Q5_0 / Q5_1) | qs
+// Q4 / Q5 qs: 4 chunks of 32 bytes, chunk c's bytes 4j..4j+3 = row j's file bytes 4c..4c+3 (low
+// nibbles: values 4c..4c+3, high nibbles: values 16+4c..16+4c+3); Q8_0 qs: 8 chunks, chunk g's bytes
+// 4j..4j+3 = row j's values 4g..4g+3; Q5 qh word g, bit 4j+i = row j's value 4g+i's fifth bit.
+// A GEMM over them (quant_gemm_simd.inc's tile8) multiplies one activation row by 8 weight rows
+// with whole-register integer products and the 8 rows' scales as one vector. The ggml type of such
+// weights is passed to the GEMM with INTERLEAVED set.
+constexpr int64_t INTERLEAVED = 256;
+constexpr int64_t IL = 8;  // rows per group
+
+inline bool is_interleaved(int64_t type) { return (type & INTERLEAVED) != 0; }
+inline int64_t base_type(int64_t type) { return type & ~INTERLEAVED; }
+inline bool can_interleave(int64_t type) {
+  return type == Q4_0 || type == Q4_1 || type == Q5_0 || type == Q5_1 || type == Q8_0;
+}
+
+// The 8 file blocks blks[j] (row j's block b) -> one group-block `out`; `undo`: the reverse.
+inline void interleave_block(int64_t type, const uint8_t* const blks[IL], uint8_t* out) {
+  const bool has_min = type == Q4_1 || type == Q5_1, has_high = type == Q5_0 || type == Q5_1;
+  const int64_t qoff = (has_min ? 4 : 2) + (has_high ? 4 : 0);  // the file block's qs
+  uint8_t* o = out;
+  for (int j = 0; j < IL; ++j) std::memcpy(o + 2 * j, blks[j], 2);
+  o += 16;
+  if (has_min) {
+    for (int j = 0; j < IL; ++j) std::memcpy(o + 2 * j, blks[j] + 2, 2);
+    o += 16;
+  }
+  if (has_high) {
+    uint32_t qh[IL], words[IL] = {};
+    for (int j = 0; j < IL; ++j) std::memcpy(&qh[j], blks[j] + (has_min ? 4 : 2), 4);
+    for (int g = 0; g < IL; ++g)
+      for (int j = 0; j < IL; ++j)
+        for (int i = 0; i < 4; ++i) words[g] |= ((qh[j] >> (4 * g + i)) & 1u) << (4 * j + i);
+    std::memcpy(o, words, 32);
+    o += 32;
+  }
+  const int chunks = type == Q8_0 ? 8 : 4;
+  for (int c = 0; c < chunks; ++c)
+    for (int j = 0; j < IL; ++j) std::memcpy(o + 32 * c + 4 * j, blks[j] + qoff + 4 * c, 4);
+}
+
+inline void deinterleave_block(int64_t type, const uint8_t* in, uint8_t* const blks[IL]) {
+  const bool has_min = type == Q4_1 || type == Q5_1, has_high = type == Q5_0 || type == Q5_1;
+  const int64_t qoff = (has_min ? 4 : 2) + (has_high ? 4 : 0);
+  const uint8_t* p = in;
+  for (int j = 0; j < IL; ++j) std::memcpy(blks[j], p + 2 * j, 2);
+  p += 16;
+  if (has_min) {
+    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + 2, p + 2 * j, 2);
+    p += 16;
+  }
+  if (has_high) {
+    uint32_t words[IL], qh[IL] = {};
+    std::memcpy(words, p, 32);
+    for (int g = 0; g < IL; ++g)
+      for (int j = 0; j < IL; ++j)
+        for (int i = 0; i < 4; ++i) qh[j] |= ((words[g] >> (4 * j + i)) & 1u) << (4 * g + i);
+    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + (has_min ? 4 : 2), &qh[j], 4);
+    p += 32;
+  }
+  const int chunks = type == Q8_0 ? 8 : 4;
+  for (int c = 0; c < chunks; ++c)
+    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + qoff + 4 * c, p + 32 * c + 4 * j, 4);
+}
+
 inline float h2f(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);

@@ -323,4 +323,4 @@ def _block_tensor(tensor: GGUFTensor, name: str, config: ModelConfig, is_permute
         raw = np.ascontiguousarray(unpermute_qk(raw, config.num_attention_heads))
     elif is_permuted and name.endswith("k_proj.weight"):
         raw = np.ascontiguousarray(unpermute_qk(raw, config.num_key_value_heads))
-    return BlockTensor.from_numpy(raw, tensor.tensor_type, tensor.shape)
+    return BlockTensor.from_numpy(raw, tensor.tensor_type, tensor.shape, mapped=raw is tensor.data)

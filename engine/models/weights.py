@@ -25,10 +25,13 @@ class WeightCopier:
         self.taken: set[str] = set()
 
     def take(self, name: str) -> torch.Tensor | BlockTensor:
+        """The tensor, out of the checkpoint's dict: once its layer holds it (a block-format layer
+        holds an interleaved copy), the loaded one is freed, not kept until the whole model is in."""
         if name not in self.weights:
-            raise ValueError(f"checkpoint is missing tensor {name!r}")
+            raise ValueError(f"checkpoint is missing tensor {name!r}" +
+                             (" (taken twice)" if name in self.taken else ""))
         self.taken.add(name)
-        return self.weights[name]
+        return self.weights.pop(name)
 
     def put(self, param_name: str, value: torch.Tensor | BlockTensor | StackedBlocks) -> None:
         path, _, attr = param_name.rpartition(".")
@@ -57,6 +60,8 @@ def tie_output(embedding: nn.Module, lm_head: nn.Module) -> nn.Module:
     """The output layer on the token embedding's own weights: over its blocks when it is
     block-format (one copy of a 262k-row vocabulary, not two)."""
     if isinstance(embedding, BlockEmbedding):
-        return BlockLinear(embedding.block_tensor())
+        head = BlockLinear(embedding.block_tensor())
+        embedding.share(head.parts[0])  # interleaved for the GEMM: the lookups read that copy too
+        return head
     lm_head.weight = embedding.weight
     return lm_head

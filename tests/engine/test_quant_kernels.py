@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf.quants import Q4_K, dequantize, quantize
 
 from engine.layers import cpu_kernels
-from engine.layers.blocks import NATIVE_TYPES
+from engine.layers.blocks import INTERLEAVED_TYPES, NATIVE_TYPES, BlockEmbedding, BlockTensor
 from tests.tiny_models import random_kquant_blocks
 
 kernels = cpu_kernels.load()
@@ -147,6 +147,72 @@ def test_block_matmul(isa, qtype, num_tokens):
     assert np.abs(got - exact).max() < (0.05 if block == 32 else 0.1) * np.abs(exact).max()
 
 
+def interleaved(raw: np.ndarray, qtype, k: int) -> torch.Tensor:
+    return kernels.quant_interleave(torch.from_numpy(raw), int(qtype), k)
+
+
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+@pytest.mark.parametrize("num_tokens", [1, 3, 4, 7, 33])
+def test_interleaved_matmul(qtype, num_tokens):
+    """The 32-value formats as the engine holds them (rows interleaved 8 at a time,
+    engine/csrc/quant_formats.h): the same bytes reordered (back again: the file's rows), the same
+    integer arithmetic as ggml (up to the order the block terms are added in), and one result in
+    bits on every variant, the portable one included, and for any number of activation rows
+    (tiles of 4 and the remainders)."""
+    rng = np.random.default_rng(int(qtype) * 10 + num_tokens)
+    n, k = 40, 512  # five groups of 8 rows
+    raw = random_weights(qtype, n, k, rng)
+    w = interleaved(raw, qtype, k)
+    assert w.shape == (n // 8, 8 * raw.shape[1]) and not torch.equal(w.reshape(n, -1), torch.from_numpy(raw))
+    assert torch.equal(kernels.quant_deinterleave(w, int(qtype), k), torch.from_numpy(raw))
+    x = rng.standard_normal((num_tokens, k)).astype(np.float32)
+    x[0, 5] = 30.0
+    if num_tokens > 1:
+        x[1, 256:512] = 0.0
+    code = int(qtype) | kernels.INTERLEAVED
+    outs = [kernels.quant_matmul(torch.from_numpy(x), w, code, n, k, isa) for isa in ISAS]
+    want, magnitude = reference_matmul(x, raw, qtype)
+    np.testing.assert_array_less(np.abs(outs[0].numpy() - want), 1e-5 * magnitude + 1e-6)
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+    # and close to the rows as stored (the other kernel: its float sums go in another order)
+    torch.testing.assert_close(outs[0], kernels.quant_matmul(torch.from_numpy(x), torch.from_numpy(raw), int(qtype),
+                                                             n, k), rtol=1e-5, atol=1e-5)
+
+
+def test_interleaving_covers_what_the_engine_interleaves_and_refuses_the_rest():
+    rng = np.random.default_rng(3)
+    assert {t for t in Q if kernels.can_interleave(int(t))} == INTERLEAVED_TYPES == set(FORMATS)
+    with pytest.raises(RuntimeError, match="whole groups of 8"):
+        kernels.quant_interleave(torch.from_numpy(random_weights(Q.Q4_0, 12, 64, rng)), int(Q.Q4_0), 64)
+    with pytest.raises(RuntimeError, match="no interleaved kernel"):
+        kernels.quant_interleave(torch.from_numpy(random_weights(Q.Q4_K, 8, 256, rng)), int(Q.Q4_K), 256)
+    w = interleaved(random_weights(Q.Q4_1, 16, 64, rng), Q.Q4_1, 64)
+    x = torch.zeros(2, 64)
+    with pytest.raises(RuntimeError, match="whole groups of 8"):
+        kernels.quant_matmul(x, w, int(Q.Q4_1) | kernels.INTERLEAVED, 12, 64)
+    with pytest.raises(RuntimeError, match="expected"):
+        kernels.quant_matmul(x, w[:, :-1], int(Q.Q4_1) | kernels.INTERLEAVED, 16, 64)
+    with pytest.raises(RuntimeError, match="no interleaved kernel"):
+        kernels.quant_matmul(torch.zeros(2, 256), torch.zeros(1, 8 * 144, dtype=torch.uint8),
+                             int(Q.Q4_K) | kernels.INTERLEAVED, 8, 256)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1], ids=lambda t: t.name)
+def test_an_embedding_looks_rows_up_in_its_interleaved_copy(qtype):
+    """A tied embedding shares the output layer's interleaved blocks: a lookup gives the file's rows."""
+    rng = np.random.default_rng(5)
+    raw = random_weights(qtype, 48, 64, rng)
+    tensor = BlockTensor(torch.from_numpy(raw), qtype, (48, 64))
+    copy = tensor.interleave()
+    assert copy.interleaved and torch.equal(copy.file_rows(), tensor.raw)
+    ids = torch.tensor([[0, 7, 8, 47], [13, 13, 40, 1]])
+    plain, shared = BlockEmbedding(tensor), BlockEmbedding(tensor)
+    shared.share(copy)
+    assert torch.equal(shared(ids), plain(ids))
+    np.testing.assert_array_equal(plain(ids).numpy(), dequantize(raw, qtype)[ids.numpy()])
+
+
 @pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q4_K], ids=lambda t: t.name)
 def test_rows_split_across_threads_give_the_same_bits(qtype):
     """`make test` runs with one thread (OMP_NUM_THREADS=1); a served model uses every core, its
@@ -168,20 +234,23 @@ def test_rows_split_across_threads_give_the_same_bits(qtype):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("qtype", FORMATS + K_FORMATS, ids=lambda t: t.name)
-def test_a_rows_result_does_not_depend_on_the_rows_beside_it(isa, qtype):
+@pytest.mark.parametrize("qtype, layout", [(t, "file") for t in FORMATS + K_FORMATS] +
+                         [(t, "interleaved") for t in FORMATS], ids=lambda v: getattr(v, "name", v))
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(isa, qtype, layout):
     """The kernels tile several activation rows together (a batch's tokens, a prompt's chunk) and
     a lone row another way; each row's outputs must be the same bits in any batch, or a request's
     tokens would depend on who else is being served."""
     rng = np.random.default_rng(int(qtype) + 50)
-    n, k = 37, 512
-    raw = torch.from_numpy(random_weights(qtype, n, k, rng))
+    n, k = (37 if layout == "file" else 40), 512
+    raw = random_weights(qtype, n, k, rng)
+    w, code = ((torch.from_numpy(raw), int(qtype)) if layout == "file" else
+               (interleaved(raw, qtype, k), int(qtype) | kernels.INTERLEAVED))
     x = torch.from_numpy(rng.standard_normal((11, k)).astype(np.float32))
-    together = kernels.quant_matmul(x, raw, int(qtype), n, k, isa)
+    together = kernels.quant_matmul(x, w, code, n, k, isa)
     for i in range(len(x)):
-        alone = kernels.quant_matmul(x[i:i + 1], raw, int(qtype), n, k, isa)
+        alone = kernels.quant_matmul(x[i:i + 1], w, code, n, k, isa)
         assert torch.equal(alone[0], together[i]), f"row {i}"
-    assert torch.equal(kernels.quant_matmul(x[3:10], raw, int(qtype), n, k, isa), together[3:10])
+    assert torch.equal(kernels.quant_matmul(x[3:10], w, code, n, k, isa), together[3:10])
 
 
 def test_calls_from_several_threads_at_once():
@@ -208,18 +277,21 @@ def test_calls_from_several_threads_at_once():
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_one_call_mixes_formats(isa):
-    """A Q4_K_M file's fused q/k/v: Q4_K beside Q6_K, and a Q8_0 part that needs the other
+    """A Q4_K_M file's fused q/k/v: Q4_K beside Q6_K, and Q8_0 / Q5_0 parts that need the other
     activations (Q8_0 per 32, Q8_K per 256): each part as if it were alone."""
     rng = np.random.default_rng(4)
     x = torch.from_numpy(rng.standard_normal((5, 256)).astype(np.float32))
-    parts = [(Q.Q4_K, 8), (Q.Q6_K, 5), (Q.Q8_0, 4), (Q.Q4_K, 3)]
+    parts = [(Q.Q4_K, 8), (Q.Q6_K, 5), (Q.Q8_0, 4), (Q.Q4_K, 3), (Q.Q5_0, 16)]
     raws = [torch.from_numpy(random_weights(t, n, 256, rng)) for t, n in parts]
+    raws[-1] = kernels.quant_interleave(raws[-1], int(Q.Q5_0), 256)  # and one part interleaved (the engine's 32-value form)
+    codes = [int(t) for t, _ in parts]
+    codes[-1] |= kernels.INTERLEAVED
     try:
         kernels.set_isa(isa)
-        got = kernels.quant_matmul_parts(x, raws, [int(t) for t, _ in parts], [n for _, n in parts], 256)
+        got = kernels.quant_matmul_parts(x, raws, codes, [n for _, n in parts], 256)
     finally:
         kernels.set_isa("auto")
-    alone = [kernels.quant_matmul(x, raw, int(t), n, 256, isa) for raw, (t, n) in zip(raws, parts)]
+    alone = [kernels.quant_matmul(x, raw, code, n, 256, isa) for raw, code, (_, n) in zip(raws, codes, parts)]
     torch.testing.assert_close(got, torch.cat(alone, dim=1), rtol=0, atol=0)
 
 
