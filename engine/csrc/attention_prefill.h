@@ -53,13 +53,57 @@ inline float hmax(__m256 v) {
 inline float to_float(float x) { return x; }
 inline float to_float(at::Half x) { return static_cast<float>(x); }
 
+#ifdef GPTSERVE_FAST_ATTENTION
+// r[i] = row i of an 8 x 8 block -> r[k] = its column k
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20), r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20), r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31), r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31), r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+#endif
+
 // Keys c0 .. c0 + nc - 1 of one KV head: K transposed into kt (D, kKeys), V into v (kKeys, D),
 // zero past nc (their scores are masked; zeros keep stale values from turning into NaN).
 template <typename T>
 void load_tile(const T* kc, const T* vc, const Chunk& c, const Shape& sh, int64_t koff, int64_t c0, int64_t nc,
                float* kt, float* v) {
   const int64_t D = sh.head_dim, bs = sh.block_size;
-  for (int64_t j = 0; j < nc; ++j) {
+  int64_t j0 = 0;
+#ifdef GPTSERVE_FAST_ATTENTION
+  // eight keys at a time: 8 x 8 blocks of K transposed in registers
+  for (; j0 + 8 <= nc; j0 += 8) {
+    const T* k[8];
+    for (int i = 0; i < 8; ++i) {
+      const int64_t pos = c0 + j0 + i;
+      const int64_t row = (c.table[pos / bs] * bs + pos % bs) * sh.slot_stride + koff;
+      k[i] = kc + row;
+      float* vd = v + (j0 + i) * D;
+      const T* vr = vc + row;
+      int64_t d = 0;
+      for (; d + 8 <= D; d += 8) _mm256_storeu_ps(vd + d, load8(vr + d));
+      for (; d < D; ++d) vd[d] = to_float(vr[d]);
+    }
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = load8(k[i] + d);
+      transpose8(r);
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(kt + (d + i) * kKeys + j0, r[i]);
+    }
+    for (; d < D; ++d)
+      for (int i = 0; i < 8; ++i) kt[d * kKeys + j0 + i] = to_float(k[i][d]);
+  }
+#endif
+  for (int64_t j = j0; j < nc; ++j) {
     const int64_t pos = c0 + j;
     const int64_t row = (c.table[pos / bs] * bs + pos % bs) * sh.slot_stride + koff;
     const T* k = kc + row;
