@@ -1,6 +1,10 @@
 """Greedy agreement of a quantized engine with the plain one on fixed chat prompts.
 
     .venv/bin/python scripts/quant_agreement.py [--quantization int8] [--max-tokens 48]
+    .venv/bin/python scripts/quant_agreement.py --default-vs-float32
+
+--default-vs-float32: the default path (a GGUF file's own blocks, activations quantized per
+block) against ``--dtype float32`` (the same blocks dequantized: the reference).
 """
 import argparse
 
@@ -17,11 +21,14 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--quantization", default="int8")
     ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--default-vs-float32", action="store_true")
     args = ap.parse_args()
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
     results = []
-    for quant in (None, args.quantization):
-        engine = LLMEngine(EngineConfig(model=args.model, quantization=quant, max_model_len=2048))
+    configs = ([dict(dtype="float32"), {}] if args.default_vs_float32 else
+               [dict(quantization=None), dict(quantization=args.quantization)])
+    for config in configs:
+        engine = LLMEngine(EngineConfig(model=args.model, max_model_len=2048, **config))
         tok = engine.tokenizer
         prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}])) for q in QUESTIONS]
         results.append([c[0].token_ids for c in engine.generate(prompts, params)])
