@@ -84,6 +84,45 @@ inline void gemm8_scalar(int64_t type, const QActs& a, const uint8_t* w, int64_t
   }
 }
 
+// Interleaved Q4_K (quant_formats.h), as quant_gemm_k_simd.inc's tile8_q4k computes it: per
+// super-block the exact integers sum_j sc_j sum(q x) and sum_j m_j sum(x), then
+// acc = fma(d_w d_x, sumi, acc), acc = fma(-(dmin_w d_x), summ, acc).
+inline void gemm8_q4k_scalar(const QActsK& a, const uint8_t* w, int64_t ldg, int64_t g0, int64_t g1, float* y,
+                             int64_t ldy) {
+  const int64_t gb = interleaved_block_bytes(Q4_K);
+  std::vector<float> acc(a.T * IL);
+  for (int64_t g = g0; g < g1; ++g) {
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int64_t b = 0; b < a.nb; ++b) {
+      const uint8_t* blk = w + g * ldg + b * gb;
+      for (int j = 0; j < IL; ++j) {
+        const float d = h2f(blk + 2 * j), dmin = h2f(blk + 16 + 2 * j);
+        for (int64_t t = 0; t < a.T; ++t) {
+          const int8_t* x = a.qs.data() + t * a.K + b * QK_K;
+          const int16_t* bsums = a.bsums.data() + (t * a.nb + b) * 16;
+          int32_t sumi = 0, summ = 0;
+          for (int k = 0; k < 8; ++k) {  // sub-block k: chunk k / 2, nibble half k % 2
+            int32_t dot = 0;
+            for (int r = 0; r < 8; ++r)
+              for (int i = 0; i < 4; ++i) {
+                const uint8_t byte = blk[160 + 256 * (k / 2) + 32 * r + 4 * j + i];
+                dot += ((k % 2 ? byte >> 4 : byte) & 15) * x[32 * k + 4 * r + i];
+              }
+            sumi += blk[32 + 8 * k + j] * dot;
+            summ += blk[96 + 8 * k + j] * (bsums[2 * k] + bsums[2 * k + 1]);
+          }
+          const float dx = a.d[t * a.nb + b];
+          float& r = acc[t * IL + j];
+          r = std::fma(d * dx, static_cast<float>(sumi), r);
+          r = std::fma(-(dmin * dx), static_cast<float>(summ), r);
+        }
+      }
+    }
+    for (int64_t t = 0; t < a.T; ++t)
+      for (int j = 0; j < IL; ++j) y[t * ldy + g * IL + j] = acc[t * IL + j];
+  }
+}
+
 }  // namespace gq
 
 // ---- SIMD kernels: one body, compiled once per ISA ---------------------------------------------
@@ -190,10 +229,16 @@ inline void gemm_part(Isa isa, int64_t type, const Acts& acts, const uint8_t* w,
     const int64_t t = base_type(type), g0 = n0 / IL, g1 = n1 / IL;
     switch (isa) {
 #ifdef GQ_X86
-      case Isa::avx512: return avx512::gemm8(t, acts.q8, w, ldw, g0, g1, y, ldy);
-      case Isa::avx2: return avx2::gemm8(t, acts.q8, w, ldw, g0, g1, y, ldy);
+      case Isa::avx512:
+        return t == Q4_K ? avx512::gemm8_q4k(acts.q8k, w, ldw, g0, g1, y, ldy)
+                         : avx512::gemm8(t, acts.q8, w, ldw, g0, g1, y, ldy);
+      case Isa::avx2:
+        return t == Q4_K ? avx2::gemm8_q4k(acts.q8k, w, ldw, g0, g1, y, ldy)
+                         : avx2::gemm8(t, acts.q8, w, ldw, g0, g1, y, ldy);
 #endif
-      default: return gemm8_scalar(t, acts.q8, w, ldw, g0, g1, y, ldy);
+      default:
+        return t == Q4_K ? gemm8_q4k_scalar(acts.q8k, w, ldw, g0, g1, y, ldy)
+                         : gemm8_scalar(t, acts.q8, w, ldw, g0, g1, y, ldy);
     }
   }
   switch (isa) {
@@ -227,8 +272,8 @@ inline Tensor matmul_parts(const Tensor& x_in, const std::vector<Tensor>& ws, co
     TORCH_CHECK(ns[i] % group == 0, "interleaved weights hold whole groups of ", IL, " rows, not ", ns[i]);
     TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(0) == ns[i] / group,
                 "w must be uint8 (", ns[i] / group, ", ", group == 1 ? "row bytes)" : "8 x row bytes)");
-    const int64_t row_bytes = K / block_values(type) * block_bytes(type);
-    TORCH_CHECK(w.size(1) == group * row_bytes, "w rows hold ", w.size(1), " bytes, expected ", group * row_bytes);
+    const int64_t row_bytes = K / block_values(type) * (group == 1 ? block_bytes(type) : interleaved_block_bytes(type));
+    TORCH_CHECK(w.size(1) == row_bytes, "w rows hold ", w.size(1), " bytes, expected ", row_bytes);
     TORCH_CHECK(w.stride(1) == 1, "w rows must be contiguous");
     N += ns[i];
     if (is_k(type)) needs_q8k = true;
@@ -288,14 +333,14 @@ inline Tensor dequantize(const Tensor& w, int64_t type, int64_t K) {
 // raw rows (N, row bytes) of a 32-value format -> interleaved (N / 8, 8 x row bytes), the same bytes
 // reordered (quant_formats.h); N a multiple of 8.
 inline Tensor interleave(const Tensor& w, int64_t type, int64_t K) {
-  TORCH_CHECK(can_interleave(type), "ggml type ", type, " has no interleaved kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)");
+  TORCH_CHECK(can_interleave(type), "ggml type ", type, " has no interleaved kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K)");
   check_row(type, K);
-  const int64_t bb = block_bytes(type), nb = K / QK, N = w.size(0);
+  const int64_t bb = block_bytes(type), nb = K / block_values(type), N = w.size(0), gb = interleaved_block_bytes(type);
   TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(1) == nb * bb, "w must be uint8 (rows, ", nb * bb,
               ")");
   TORCH_CHECK(N % IL == 0, "interleaving needs whole groups of ", IL, " rows, not ", N);
   const Tensor wc = w.contiguous();
-  Tensor out = at::empty({N / IL, IL * nb * bb}, wc.options());
+  Tensor out = at::empty({N / IL, nb * gb}, wc.options());
   const uint8_t* src = wc.data_ptr<uint8_t>();
   uint8_t* dst = out.data_ptr<uint8_t>();
   parallel_ranges(N / IL, 16, [&](int64_t g0, int64_t g1) {
@@ -303,7 +348,7 @@ inline Tensor interleave(const Tensor& w, int64_t type, int64_t K) {
       for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blks[IL];
         for (int j = 0; j < IL; ++j) blks[j] = src + (g * IL + j) * nb * bb + b * bb;
-        interleave_block(type, blks, dst + (g * nb + b) * IL * bb);
+        interleave_block(type, blks, dst + (g * nb + b) * gb);
       }
   });
   return out;
@@ -311,11 +356,11 @@ inline Tensor interleave(const Tensor& w, int64_t type, int64_t K) {
 
 // interleaved (N / 8, 8 x row bytes) -> the file's rows (N, row bytes)
 inline Tensor deinterleave(const Tensor& w, int64_t type, int64_t K) {
-  TORCH_CHECK(can_interleave(type), "ggml type ", type, " has no interleaved kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)");
+  TORCH_CHECK(can_interleave(type), "ggml type ", type, " has no interleaved kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K)");
   check_row(type, K);
-  const int64_t bb = block_bytes(type), nb = K / QK, G = w.size(0);
-  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(1) == IL * nb * bb,
-              "w must be uint8 (groups, ", IL * nb * bb, ")");
+  const int64_t bb = block_bytes(type), nb = K / block_values(type), G = w.size(0), gb = interleaved_block_bytes(type);
+  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(1) == nb * gb,
+              "w must be uint8 (groups, ", nb * gb, ")");
   const Tensor wc = w.contiguous();
   Tensor out = at::empty({G * IL, nb * bb}, wc.options());
   const uint8_t* src = wc.data_ptr<uint8_t>();
@@ -325,7 +370,7 @@ inline Tensor deinterleave(const Tensor& w, int64_t type, int64_t K) {
       for (int64_t b = 0; b < nb; ++b) {
         uint8_t* blks[IL];
         for (int j = 0; j < IL; ++j) blks[j] = dst + (g * IL + j) * nb * bb + b * bb;
-        deinterleave_block(type, src + (g * nb + b) * IL * bb, blks);
+        deinterleave_block(type, src + (g * nb + b) * gb, blks);
       }
   });
   return out;

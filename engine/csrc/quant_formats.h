@@ -66,75 +66,6 @@ inline void check_row(int64_t type, int64_t K) {
   TORCH_CHECK(K % bv == 0, "in_features ", K, " is not a multiple of ", bv, ", the block size of ggml type ", type);
 }
 
-// ---- rows interleaved 8 at a time ------------------------------------------------------------
-// The 32-value formats' weights can be held "interleaved" (quant_cpu.h's interleave(), done once at
-// load): rows in groups of 8, and for each block index b the 8 rows' blocks as one group-block of the
-// same bytes, reordered so that a 32-byte load gives 4 values of each of the 8 rows:
-//   d[8] (fp16) | m[8] (fp16, Q4_1 / Q5_1) | qh[8] (uint32, Q5_0 / Q5_1) | qs
-// Q4 / Q5 qs: 4 chunks of 32 bytes, chunk c's bytes 4j..4j+3 = row j's file bytes 4c..4c+3 (low
-// nibbles: values 4c..4c+3, high nibbles: values 16+4c..16+4c+3); Q8_0 qs: 8 chunks, chunk g's bytes
-// 4j..4j+3 = row j's values 4g..4g+3; Q5 qh word g, bit 4j+i = row j's value 4g+i's fifth bit.
-// A GEMM over them (quant_gemm_simd.inc's tile8) multiplies one activation row by 8 weight rows
-// with whole-register integer products and the 8 rows' scales as one vector. The ggml type of such
-// weights is passed to the GEMM with INTERLEAVED set.
-constexpr int64_t INTERLEAVED = 256;
-constexpr int64_t IL = 8;  // rows per group
-
-inline bool is_interleaved(int64_t type) { return (type & INTERLEAVED) != 0; }
-inline int64_t base_type(int64_t type) { return type & ~INTERLEAVED; }
-inline bool can_interleave(int64_t type) {
-  return type == Q4_0 || type == Q4_1 || type == Q5_0 || type == Q5_1 || type == Q8_0;
-}
-
-// The 8 file blocks blks[j] (row j's block b) -> one group-block `out`; `undo`: the reverse.
-inline void interleave_block(int64_t type, const uint8_t* const blks[IL], uint8_t* out) {
-  const bool has_min = type == Q4_1 || type == Q5_1, has_high = type == Q5_0 || type == Q5_1;
-  const int64_t qoff = (has_min ? 4 : 2) + (has_high ? 4 : 0);  // the file block's qs
-  uint8_t* o = out;
-  for (int j = 0; j < IL; ++j) std::memcpy(o + 2 * j, blks[j], 2);
-  o += 16;
-  if (has_min) {
-    for (int j = 0; j < IL; ++j) std::memcpy(o + 2 * j, blks[j] + 2, 2);
-    o += 16;
-  }
-  if (has_high) {
-    uint32_t qh[IL], words[IL] = {};
-    for (int j = 0; j < IL; ++j) std::memcpy(&qh[j], blks[j] + (has_min ? 4 : 2), 4);
-    for (int g = 0; g < IL; ++g)
-      for (int j = 0; j < IL; ++j)
-        for (int i = 0; i < 4; ++i) words[g] |= ((qh[j] >> (4 * g + i)) & 1u) << (4 * j + i);
-    std::memcpy(o, words, 32);
-    o += 32;
-  }
-  const int chunks = type == Q8_0 ? 8 : 4;
-  for (int c = 0; c < chunks; ++c)
-    for (int j = 0; j < IL; ++j) std::memcpy(o + 32 * c + 4 * j, blks[j] + qoff + 4 * c, 4);
-}
-
-inline void deinterleave_block(int64_t type, const uint8_t* in, uint8_t* const blks[IL]) {
-  const bool has_min = type == Q4_1 || type == Q5_1, has_high = type == Q5_0 || type == Q5_1;
-  const int64_t qoff = (has_min ? 4 : 2) + (has_high ? 4 : 0);
-  const uint8_t* p = in;
-  for (int j = 0; j < IL; ++j) std::memcpy(blks[j], p + 2 * j, 2);
-  p += 16;
-  if (has_min) {
-    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + 2, p + 2 * j, 2);
-    p += 16;
-  }
-  if (has_high) {
-    uint32_t words[IL], qh[IL] = {};
-    std::memcpy(words, p, 32);
-    for (int g = 0; g < IL; ++g)
-      for (int j = 0; j < IL; ++j)
-        for (int i = 0; i < 4; ++i) qh[j] |= ((words[g] >> (4 * j + i)) & 1u) << (4 * g + i);
-    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + (has_min ? 4 : 2), &qh[j], 4);
-    p += 32;
-  }
-  const int chunks = type == Q8_0 ? 8 : 4;
-  for (int c = 0; c < chunks; ++c)
-    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + qoff + 4 * c, p + 32 * c + 4 * j, 4);
-}
-
 inline float h2f(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
@@ -251,6 +182,114 @@ inline void k_scales_mins(const uint8_t* scales, uint8_t out[16]) {
   std::memcpy(out + 4, &s47, 4);
   std::memcpy(out + 8, &m03, 4);
   std::memcpy(out + 12, &m47, 4);
+}
+
+// ---- rows interleaved 8 at a time ------------------------------------------------------------
+// The 32-value formats' and Q4_K's weights can be held "interleaved" (quant_cpu.h's interleave(), done once at
+// load): rows in groups of 8, and for each block index b the 8 rows' blocks as one group-block of the
+// same bytes, reordered so that a 32-byte load gives 4 values of each of the 8 rows:
+//   d[8] (fp16) | m[8] (fp16, Q4_1 / Q5_1) | qh[8] (uint32, Q5_0 / Q5_1) | qs
+// Q4 / Q5 qs: 4 chunks of 32 bytes, chunk c's bytes 4j..4j+3 = row j's file bytes 4c..4c+3 (low
+// nibbles: values 4c..4c+3, high nibbles: values 16+4c..16+4c+3); Q8_0 qs: 8 chunks, chunk g's bytes
+// 4j..4j+3 = row j's values 4g..4g+3; Q5 qh word g, bit 4j+i = row j's value 4g+i's fifth bit.
+// Q4_K (quant_gemm_k_simd.inc's tile8_q4k): per super-block of 8 rows
+//   d[8] | dmin[8] (fp16) | sc[8 sub-blocks][8 rows] | m[8][8] (the 6-bit scales and mins, one
+//   byte each) | qs: 4 chunks of 256 bytes, chunk c's 32-byte register g holding each row j's file
+//   bytes 32c + 4g .. 32c + 4g + 3 at 4j (low nibbles: sub-block 2c, high: 2c + 1)
+// 1,184 bytes where the 8 file blocks take 1,152 (the scales unpacked from 6 bits).
+// A GEMM over them multiplies one activation row by 8 weight rows with whole-register integer
+// products and the 8 rows' scales as one vector. The ggml type of such weights is passed to the
+// GEMM with INTERLEAVED set.
+constexpr int64_t INTERLEAVED = 256;
+constexpr int64_t IL = 8;  // rows per group
+
+inline bool is_interleaved(int64_t type) { return (type & INTERLEAVED) != 0; }
+inline int64_t base_type(int64_t type) { return type & ~INTERLEAVED; }
+inline bool can_interleave(int64_t type) {
+  return type == Q4_0 || type == Q4_1 || type == Q5_0 || type == Q5_1 || type == Q8_0 || type == Q4_K;
+}
+
+// bytes of one group-block (8 rows' block b)
+inline int64_t interleaved_block_bytes(int64_t type) { return type == Q4_K ? 1184 : IL * block_bytes(type); }
+
+// k_scales_mins's inverse: sc[0..7], m[0..7] (6 bits each) -> the twelve bytes
+inline void k_scales_pack(const uint8_t sm[16], uint8_t* scales) {
+  for (int j = 0; j < 4; ++j) {
+    scales[j] = static_cast<uint8_t>((sm[j] & 63) | ((sm[4 + j] >> 4) << 6));
+    scales[4 + j] = static_cast<uint8_t>((sm[8 + j] & 63) | ((sm[12 + j] >> 4) << 6));
+    scales[8 + j] = static_cast<uint8_t>((sm[4 + j] & 15) | ((sm[12 + j] & 15) << 4));
+  }
+}
+
+// The 8 file blocks blks[j] (row j's block b) -> one group-block `out`; `undo`: the reverse.
+inline void interleave_block(int64_t type, const uint8_t* const blks[IL], uint8_t* out) {
+  if (type == Q4_K) {
+    for (int j = 0; j < IL; ++j) {
+      std::memcpy(out + 2 * j, blks[j], 2), std::memcpy(out + 16 + 2 * j, blks[j] + 2, 2);
+      uint8_t sm[16];
+      k_scales_mins(blks[j] + 4, sm);
+      for (int k = 0; k < 8; ++k) out[32 + 8 * k + j] = sm[k], out[96 + 8 * k + j] = sm[8 + k];
+      for (int c = 0; c < 4; ++c)
+        for (int g = 0; g < 8; ++g) std::memcpy(out + 160 + 256 * c + 32 * g + 4 * j, blks[j] + 16 + 32 * c + 4 * g, 4);
+    }
+    return;
+  }
+  const bool has_min = type == Q4_1 || type == Q5_1, has_high = type == Q5_0 || type == Q5_1;
+  const int64_t qoff = (has_min ? 4 : 2) + (has_high ? 4 : 0);  // the file block's qs
+  uint8_t* o = out;
+  for (int j = 0; j < IL; ++j) std::memcpy(o + 2 * j, blks[j], 2);
+  o += 16;
+  if (has_min) {
+    for (int j = 0; j < IL; ++j) std::memcpy(o + 2 * j, blks[j] + 2, 2);
+    o += 16;
+  }
+  if (has_high) {
+    uint32_t qh[IL], words[IL] = {};
+    for (int j = 0; j < IL; ++j) std::memcpy(&qh[j], blks[j] + (has_min ? 4 : 2), 4);
+    for (int g = 0; g < IL; ++g)
+      for (int j = 0; j < IL; ++j)
+        for (int i = 0; i < 4; ++i) words[g] |= ((qh[j] >> (4 * g + i)) & 1u) << (4 * j + i);
+    std::memcpy(o, words, 32);
+    o += 32;
+  }
+  const int chunks = type == Q8_0 ? 8 : 4;
+  for (int c = 0; c < chunks; ++c)
+    for (int j = 0; j < IL; ++j) std::memcpy(o + 32 * c + 4 * j, blks[j] + qoff + 4 * c, 4);
+}
+
+inline void deinterleave_block(int64_t type, const uint8_t* in, uint8_t* const blks[IL]) {
+  if (type == Q4_K) {
+    for (int j = 0; j < IL; ++j) {
+      std::memcpy(blks[j], in + 2 * j, 2), std::memcpy(blks[j] + 2, in + 16 + 2 * j, 2);
+      uint8_t sm[16];
+      for (int k = 0; k < 8; ++k) sm[k] = in[32 + 8 * k + j], sm[8 + k] = in[96 + 8 * k + j];
+      k_scales_pack(sm, blks[j] + 4);
+      for (int c = 0; c < 4; ++c)
+        for (int g = 0; g < 8; ++g) std::memcpy(blks[j] + 16 + 32 * c + 4 * g, in + 160 + 256 * c + 32 * g + 4 * j, 4);
+    }
+    return;
+  }
+  const bool has_min = type == Q4_1 || type == Q5_1, has_high = type == Q5_0 || type == Q5_1;
+  const int64_t qoff = (has_min ? 4 : 2) + (has_high ? 4 : 0);
+  const uint8_t* p = in;
+  for (int j = 0; j < IL; ++j) std::memcpy(blks[j], p + 2 * j, 2);
+  p += 16;
+  if (has_min) {
+    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + 2, p + 2 * j, 2);
+    p += 16;
+  }
+  if (has_high) {
+    uint32_t words[IL], qh[IL] = {};
+    std::memcpy(words, p, 32);
+    for (int g = 0; g < IL; ++g)
+      for (int j = 0; j < IL; ++j)
+        for (int i = 0; i < 4; ++i) qh[j] |= ((words[g] >> (4 * j + i)) & 1u) << (4 * g + i);
+    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + (has_min ? 4 : 2), &qh[j], 4);
+    p += 32;
+  }
+  const int chunks = type == Q8_0 ? 8 : 4;
+  for (int c = 0; c < chunks; ++c)
+    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + qoff + 4 * c, p + 32 * c + 4 * j, 4);
 }
 
 // A block unpacked: value i = (d sc[g]) q[i] - dmin mn[g], g = i / group: sub-blocks of 32 (Q4_K,

@@ -11,9 +11,10 @@ rows a step looks up.
 Both need the C++ kernels; the engine keeps a file quantized only when they load
 (engine/model_loader.py), otherwise it dequantizes into the model's dtype (``dequantize_to``).
 
-A ``BlockLinear`` holds the 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) *interleaved*: the
-same bytes reordered once at load so that 8 rows' blocks sit together (engine/csrc/quant_formats.h),
-which the GEMM multiplies 8 rows at a time, 2-3x faster than rows as stored. A file-mapped
+A ``BlockLinear`` holds the 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and Q4_K
+*interleaved*: the same bytes reordered once at load so that 8 rows' blocks sit together
+(engine/csrc/quant_formats.h; Q4_K's 6-bit scales unpacked to a byte each), which the GEMM
+multiplies 8 rows at a time: 2-3x faster than rows as stored for the 32-value formats. A file-mapped
 weight's pages are released from the process once copied (they stay in the page cache), so
 memory stays about the file's size. A tied embedding looks its rows up in the interleaved copy.
 """
@@ -40,7 +41,7 @@ NATIVE_TYPES = frozenset({
 # can_interleave, kept equal by a test)
 INTERLEAVED_TYPES = frozenset({
     GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q5_1,
-    GGMLQuantizationType.Q8_0,
+    GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_K,
 })
 DEQUANTIZE_VALUES_AT_ONCE = 1 << 20  # dequantize_to's pieces: 4 MB of float32
 # the 16-bit float types, as torch names them: their rows are torch tensors of these viewed as bytes

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(kernels is None, reason="the C++ kernels could n
 ISAS = kernels.supported_isas() if kernels is not None else []
 FORMATS = [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1]
 K_FORMATS = [Q.Q4_K, Q.Q5_K, Q.Q6_K]  # super-blocks of 256, against Q8_K activations
+INTERLEAVABLE = FORMATS + [Q.Q4_K]  # held 8 rows at a time by the engine (engine/layers/blocks.py)
 _BLOCKS = {
     Q.Q8_0: np.dtype([("d", "<f2"), ("qs", "i1", 32)]),
     Q.Q4_0: np.dtype([("d", "<f2"), ("qs", "u1", 16)]),
@@ -151,10 +152,10 @@ def interleaved(raw: np.ndarray, qtype, k: int) -> torch.Tensor:
     return kernels.quant_interleave(torch.from_numpy(raw), int(qtype), k)
 
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", INTERLEAVABLE, ids=lambda t: t.name)
 @pytest.mark.parametrize("num_tokens", [1, 3, 4, 7, 33])
 def test_interleaved_matmul(qtype, num_tokens):
-    """The 32-value formats as the engine holds them (rows interleaved 8 at a time,
+    """The 32-value formats and Q4_K as the engine holds them (rows interleaved 8 at a time,
     engine/csrc/quant_formats.h): the same bytes reordered (back again: the file's rows), the same
     integer arithmetic as ggml (up to the order the block terms are added in), and one result in
     bits on every variant, the portable one included, and for any number of activation rows
@@ -163,7 +164,9 @@ def test_interleaved_matmul(qtype, num_tokens):
     n, k = 40, 512  # five groups of 8 rows
     raw = random_weights(qtype, n, k, rng)
     w = interleaved(raw, qtype, k)
-    assert w.shape == (n // 8, 8 * raw.shape[1]) and not torch.equal(w.reshape(n, -1), torch.from_numpy(raw))
+    # the same bytes (Q4_K: its 6-bit scales and mins a byte each), reordered
+    assert w.shape == (n // 8, 8 * raw.shape[1] + (32 * 2 if qtype == Q.Q4_K else 0))
+    assert not torch.equal(w[:, :8 * raw.shape[1]].reshape(n, -1), torch.from_numpy(raw))
     assert torch.equal(kernels.quant_deinterleave(w, int(qtype), k), torch.from_numpy(raw))
     x = rng.standard_normal((num_tokens, k)).astype(np.float32)
     x[0, 5] = 30.0
@@ -182,11 +185,11 @@ def test_interleaved_matmul(qtype, num_tokens):
 
 def test_interleaving_covers_what_the_engine_interleaves_and_refuses_the_rest():
     rng = np.random.default_rng(3)
-    assert {t for t in Q if kernels.can_interleave(int(t))} == INTERLEAVED_TYPES == set(FORMATS)
+    assert {t for t in Q if kernels.can_interleave(int(t))} == INTERLEAVED_TYPES == set(INTERLEAVABLE)
     with pytest.raises(RuntimeError, match="whole groups of 8"):
         kernels.quant_interleave(torch.from_numpy(random_weights(Q.Q4_0, 12, 64, rng)), int(Q.Q4_0), 64)
     with pytest.raises(RuntimeError, match="no interleaved kernel"):
-        kernels.quant_interleave(torch.from_numpy(random_weights(Q.Q4_K, 8, 256, rng)), int(Q.Q4_K), 256)
+        kernels.quant_interleave(torch.from_numpy(random_weights(Q.Q6_K, 8, 256, rng)), int(Q.Q6_K), 256)
     w = interleaved(random_weights(Q.Q4_1, 16, 64, rng), Q.Q4_1, 64)
     x = torch.zeros(2, 64)
     with pytest.raises(RuntimeError, match="whole groups of 8"):
@@ -194,8 +197,8 @@ def test_interleaving_covers_what_the_engine_interleaves_and_refuses_the_rest():
     with pytest.raises(RuntimeError, match="expected"):
         kernels.quant_matmul(x, w[:, :-1], int(Q.Q4_1) | kernels.INTERLEAVED, 16, 64)
     with pytest.raises(RuntimeError, match="no interleaved kernel"):
-        kernels.quant_matmul(torch.zeros(2, 256), torch.zeros(1, 8 * 144, dtype=torch.uint8),
-                             int(Q.Q4_K) | kernels.INTERLEAVED, 8, 256)
+        kernels.quant_matmul(torch.zeros(2, 256), torch.zeros(1, 8 * 210, dtype=torch.uint8),
+                             int(Q.Q6_K) | kernels.INTERLEAVED, 8, 256)
 
 
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1], ids=lambda t: t.name)
@@ -235,7 +238,7 @@ def test_rows_split_across_threads_give_the_same_bits(qtype):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("qtype, layout", [(t, "file") for t in FORMATS + K_FORMATS] +
-                         [(t, "interleaved") for t in FORMATS], ids=lambda v: getattr(v, "name", v))
+                         [(t, "interleaved") for t in INTERLEAVABLE], ids=lambda v: getattr(v, "name", v))
 def test_a_rows_result_does_not_depend_on_the_rows_beside_it(isa, qtype, layout):
     """The kernels tile several activation rows together (a batch's tokens, a prompt's chunk) and
     a lone row another way; each row's outputs must be the same bits in any batch, or a request's
@@ -278,14 +281,15 @@ def test_calls_from_several_threads_at_once():
 @pytest.mark.parametrize("isa", ISAS)
 def test_one_call_mixes_formats(isa):
     """A Q4_K_M file's fused q/k/v: Q4_K beside Q6_K, and Q8_0 / Q5_0 parts that need the other
-    activations (Q8_0 per 32, Q8_K per 256): each part as if it were alone."""
+    activations (Q8_0 per 32, Q8_K per 256), some interleaved: each part as if it were alone."""
     rng = np.random.default_rng(4)
     x = torch.from_numpy(rng.standard_normal((5, 256)).astype(np.float32))
-    parts = [(Q.Q4_K, 8), (Q.Q6_K, 5), (Q.Q8_0, 4), (Q.Q4_K, 3), (Q.Q5_0, 16)]
+    parts = [(Q.Q4_K, 8), (Q.Q6_K, 5), (Q.Q8_0, 4), (Q.Q4_K, 3), (Q.Q5_0, 16), (Q.Q4_K, 16)]
     raws = [torch.from_numpy(random_weights(t, n, 256, rng)) for t, n in parts]
-    raws[-1] = kernels.quant_interleave(raws[-1], int(Q.Q5_0), 256)  # and one part interleaved (the engine's 32-value form)
     codes = [int(t) for t, _ in parts]
-    codes[-1] |= kernels.INTERLEAVED
+    for i in (4, 5):  # and two parts interleaved, as the engine holds them
+        raws[i] = kernels.quant_interleave(raws[i], codes[i], 256)
+        codes[i] |= kernels.INTERLEAVED
     try:
         kernels.set_isa(isa)
         got = kernels.quant_matmul_parts(x, raws, codes, [n for _, n in parts], 256)
