@@ -156,8 +156,9 @@ def load_hf(model_path: str, dtype: torch.dtype, device: torch.device):
 
 def run_hf(model, prompts: list[list[int]], output_tokens: int, device: torch.device, pad_id: int,
            cache_implementation: str | None) -> dict:
-    """One batched greedy ``generate`` (left padding), EOS kept out by min_new_tokens; TTFT from a
-    separate max_new_tokens=1 call on the same batch."""
+    """One batched greedy ``generate`` (left padding), EOS kept out by min_new_tokens; TTFT when
+    generate hands its streamer the first new tokens, in the same call (a separate 1-token call
+    timed apart could take longer than the whole run on a tiny model: a negative decode time)."""
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -169,18 +170,29 @@ def run_hf(model, prompts: list[list[int]], output_tokens: int, device: torch.de
                   top_k=None)
     if cache_implementation:
         kwargs["cache_implementation"] = cache_implementation
+    class FirstTokenClock:  # generate's streamer: put(prompt ids), then put(new tokens) once a step
+        def __init__(self) -> None:
+            self.puts, self.t_first = 0, None
+
+        def put(self, value) -> None:
+            self.puts += 1
+            if self.puts == 2:
+                sync(device)
+                self.t_first = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    clock = FirstTokenClock()
     with torch.inference_mode():
         sync(device)
         t0 = time.perf_counter()
-        model.generate(input_ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
-        sync(device)
-        ttft = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = model.generate(input_ids, max_new_tokens=output_tokens, min_new_tokens=output_tokens, **kwargs)
+        out = model.generate(input_ids, max_new_tokens=output_tokens, min_new_tokens=output_tokens,
+                             streamer=clock, **kwargs)
         sync(device)
         t1 = time.perf_counter()
     seqs = out[:, width:].tolist()
-    return _timing(seqs, t0, t0 + ttft, t1)
+    return _timing(seqs, t0, clock.t_first, t1)
 
 
 def median_of(runs: list[dict]) -> dict:
