@@ -5,12 +5,15 @@
 // The arithmetic is ggml-cpu's for the same file (ggml/src/ggml-cpu/quants.c and arch/x86/quants.c;
 // the formats and the activations each pairs with: quant_formats.h): activations quantized per
 // block to 8 bits, each block's dot product an exact integer sum, then one float multiply by the
-// scales. Only the order in which the per-block floats are added differs from ggml (8 lanes, then a sum).
+// scales. Only the order in which the per-block floats are added differs from ggml.
 //
 // One GEMM shape for every ISA (after llamafile's tinyBLAS): a tile of activation rows x weight
 // rows; each weight block is unpacked once and used for every activation row of the tile
 // (quant_gemm_simd.inc for the 32-value formats, quant_gemm_k_simd.inc for the K formats); output
-// rows split across the kernels' threads (thread_pool.h). Variants: AVX2 (maddubs), AVX-512 VNNI
+// rows split across the kernels' threads (thread_pool.h). The engine holds the 32-value formats
+// and Q4_K interleaved 8 rows at a time (quant_formats.h; interleave() below, at load): their
+// tiles are 4 activation rows x 8 weight rows, one register of 8 rows' integer dot products and
+// their scales as a vector; rows as the file stores them stay supported (tests, Q5_K, Q6_K). Variants: AVX2 (maddubs), AVX-512 VNNI
 // (vpdpbusd, 256-bit) and a portable scalar one, compiled in one binary (#pragma GCC target) and
 // chosen at run time from the CPU's features, or forced by set_isa() (GPTSERVE_CPU_ISA, read in
 // engine/layers/cpu_kernels.py).
