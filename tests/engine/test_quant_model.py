@@ -18,7 +18,7 @@ from gguf.quants import dequantize
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.layers import blocks as blocks_module
 from engine.layers.attention_backend import CpuStackBackend, TorchBackend
-from engine.layers.blocks import BlockEmbedding, BlockLinear, BlockTensor
+from engine.layers.blocks import INTERLEAVED_TYPES, BlockEmbedding, BlockLinear, BlockTensor
 from engine.layers.cpu_kernels import load
 from engine.loader.gguf import hf_tensor_name, load_gguf, read_gguf
 from tests.engine.test_quant import prompt_logprobs
@@ -90,6 +90,12 @@ def test_default_engine_computes_on_the_blocks(quantized_gguf):
     for layer in model.layers:
         for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
             assert isinstance(linear, BlockLinear)
+            # the formats the GEMM runs fastest interleaved are held 8 rows at a time (every part here
+            # is whole groups of 8); Q6_K as stored
+            for p in linear.parts:
+                assert p.interleaved == (p.qtype in INTERLEAVED_TYPES)
+                assert p.kernel_type == int(p.qtype) | (load().INTERLEAVED if p.interleaved else 0)
+            assert any(p.interleaved for p in linear.parts) or {p.qtype for p in linear.parts} == {Q.Q6_K}
     float_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.dtype == torch.float32)
     assert float_bytes < 0.05 * os.path.getsize(quantized_gguf)  # norms only
     reference = LLMEngine(EngineConfig(model=quantized_gguf, num_threads=1, kv_cache_memory_gb=0.01, dtype="float32"))
