@@ -799,10 +799,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "y (T, sum ns) float32 = x (T, k) @ [W_0; W_1; ...].T for raw GGUF block parts, each of its own type");
   m.def("quant_dequantize", &gq::dequantize, "raw GGUF block rows (R, row bytes) -> float32 (R, k)");
   m.def("quant_interleave", &gq::interleave, py::arg("w"), py::arg("type"), py::arg("k"),
-        "raw rows (N, row bytes) of Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 -> (N / 8, 8 x row bytes) interleaved: what "
-        "quant_matmul takes with type | INTERLEAVED");
+        "raw rows (N, row bytes) of Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K -> (N / 8, group bytes) interleaved (8 x row "
+        "bytes; Q4_K's a little more, its scales a byte each): what quant_matmul takes with type | INTERLEAVED");
   m.def("quant_deinterleave", &gq::deinterleave, py::arg("w"), py::arg("type"), py::arg("k"),
-        "interleaved (N / 8, 8 x row bytes) -> the file's rows (N, row bytes)");
+        "interleaved (N / 8, group bytes) -> the file's rows (N, row bytes)");
   m.def("can_interleave", &gq::can_interleave, "whether ggml type `type` has an interleaved kernel");
   m.attr("INTERLEAVED") = gq::INTERLEAVED;
   m.def("release_file_pages", [](Tensor t) {

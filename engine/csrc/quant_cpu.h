@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -67,7 +68,7 @@ inline void gemm8_scalar(int64_t type, const QActs& a, const uint8_t* w, int64_t
   for (int64_t g = g0; g < g1; ++g) {
     std::fill(acc.begin(), acc.end(), 0.f);
     for (int64_t b = 0; b < a.nb; ++b) {
-      deinterleave_block(type, w + g * ldg + b * gb, blks);
+      regroup_block<false>(type, const_cast<uint8_t*>(w + g * ldg + b * gb), blks);
       for (int j = 0; j < IL; ++j) {
         Unpacked u;
         unpack_block(type, blks[j], u);
@@ -333,50 +334,34 @@ inline Tensor dequantize(const Tensor& w, int64_t type, int64_t K) {
   return out;
 }
 
-// raw rows (N, row bytes) of a 32-value format -> interleaved (N / 8, 8 x row bytes), the same bytes
-// reordered (quant_formats.h); N a multiple of 8.
-inline Tensor interleave(const Tensor& w, int64_t type, int64_t K) {
+// Between the file's rows (N, row bytes) and interleaved groups (N / 8, blocks x group-block bytes):
+// the same blocks, reordered (quant_formats.h); N a multiple of 8.
+inline Tensor regroup(const Tensor& w, int64_t type, int64_t K, bool to_groups) {
   TORCH_CHECK(can_interleave(type), "ggml type ", type, " has no interleaved kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K)");
   check_row(type, K);
-  const int64_t bb = block_bytes(type), nb = K / block_values(type), N = w.size(0), gb = interleaved_block_bytes(type);
-  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(1) == nb * bb, "w must be uint8 (rows, ", nb * bb,
-              ")");
-  TORCH_CHECK(N % IL == 0, "interleaving needs whole groups of ", IL, " rows, not ", N);
+  const int64_t bb = block_bytes(type), nb = K / block_values(type), gb = interleaved_block_bytes(type);
+  const int64_t in_bytes = to_groups ? nb * bb : nb * gb;
+  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(1) == in_bytes, "w must be uint8 (",
+              to_groups ? "rows, " : "groups, ", in_bytes, ")");
+  TORCH_CHECK(!to_groups || w.size(0) % IL == 0, "interleaving needs whole groups of ", IL, " rows, not ", w.size(0));
+  const int64_t G = to_groups ? w.size(0) / IL : w.size(0);
   const Tensor wc = w.contiguous();
-  Tensor out = at::empty({N / IL, nb * gb}, wc.options());
-  const uint8_t* src = wc.data_ptr<uint8_t>();
-  uint8_t* dst = out.data_ptr<uint8_t>();
-  parallel_ranges(N / IL, 16, [&](int64_t g0, int64_t g1) {
+  Tensor out = to_groups ? at::empty({G, nb * gb}, wc.options()) : at::empty({G * IL, nb * bb}, wc.options());
+  uint8_t* rows = to_groups ? const_cast<uint8_t*>(wc.data_ptr<uint8_t>()) : out.data_ptr<uint8_t>();
+  uint8_t* groups = to_groups ? out.data_ptr<uint8_t>() : const_cast<uint8_t*>(wc.data_ptr<uint8_t>());
+  parallel_ranges(G, 16, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g)
       for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blks[IL];
-        for (int j = 0; j < IL; ++j) blks[j] = src + (g * IL + j) * nb * bb + b * bb;
-        interleave_block(type, blks, dst + (g * nb + b) * gb);
+        uint8_t* blks[IL];
+        for (int j = 0; j < IL; ++j) blks[j] = rows + (g * IL + j) * nb * bb + b * bb;
+        if (to_groups) regroup_block<true>(type, groups + (g * nb + b) * gb, blks);
+        else regroup_block<false>(type, groups + (g * nb + b) * gb, blks);
       }
   });
   return out;
 }
 
-// interleaved (N / 8, 8 x row bytes) -> the file's rows (N, row bytes)
-inline Tensor deinterleave(const Tensor& w, int64_t type, int64_t K) {
-  TORCH_CHECK(can_interleave(type), "ggml type ", type, " has no interleaved kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K)");
-  check_row(type, K);
-  const int64_t bb = block_bytes(type), nb = K / block_values(type), G = w.size(0), gb = interleaved_block_bytes(type);
-  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(1) == nb * gb,
-              "w must be uint8 (groups, ", nb * gb, ")");
-  const Tensor wc = w.contiguous();
-  Tensor out = at::empty({G * IL, nb * bb}, wc.options());
-  const uint8_t* src = wc.data_ptr<uint8_t>();
-  uint8_t* dst = out.data_ptr<uint8_t>();
-  parallel_ranges(G, 16, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g)
-      for (int64_t b = 0; b < nb; ++b) {
-        uint8_t* blks[IL];
-        for (int j = 0; j < IL; ++j) blks[j] = dst + (g * IL + j) * nb * bb + b * bb;
-        deinterleave_block(type, src + (g * nb + b) * gb, blks);
-      }
-  });
-  return out;
-}
+inline Tensor interleave(const Tensor& w, int64_t type, int64_t K) { return regroup(w, type, K, true); }
+inline Tensor deinterleave(const Tensor& w, int64_t type, int64_t K) { return regroup(w, type, K, false); }
 
 }  // namespace gq

@@ -221,75 +221,52 @@ inline void k_scales_pack(const uint8_t sm[16], uint8_t* scales) {
   }
 }
 
-// The 8 file blocks blks[j] (row j's block b) -> one group-block `out`; `undo`: the reverse.
-inline void interleave_block(int64_t type, const uint8_t* const blks[IL], uint8_t* out) {
+// 8 nibbles of each of 8 words, transposed: out[a]'s nibble b = in[b]'s nibble a (its own inverse:
+// a row's Q5 fifth bits <-> a group-block's words)
+inline void transpose_nibbles(const uint32_t in[IL], uint32_t out[IL]) {
+  for (int a = 0; a < IL; ++a) {
+    out[a] = 0;
+    for (int b = 0; b < IL; ++b) out[a] |= ((in[b] >> (4 * a)) & 15u) << (4 * b);
+  }
+}
+
+// Between the 8 file blocks rows[j] (row j's block b) and one group-block `group` (the layouts
+// above): TO_GROUP copies rows -> group, else group -> rows. Every byte moves by the same map
+// both ways; only Q4_K's scales (6 bits packed <-> a byte each) and Q5's fifth bits change form.
+template <bool TO_GROUP>
+inline void regroup_block(int64_t type, uint8_t* group, uint8_t* const rows[IL]) {
+  auto move = [](uint8_t* g, uint8_t* r, size_t n) { TO_GROUP ? std::memcpy(g, r, n) : std::memcpy(r, g, n); };
   if (type == Q4_K) {
     for (int j = 0; j < IL; ++j) {
-      std::memcpy(out + 2 * j, blks[j], 2), std::memcpy(out + 16 + 2 * j, blks[j] + 2, 2);
+      move(group + 2 * j, rows[j], 2), move(group + 16 + 2 * j, rows[j] + 2, 2);
       uint8_t sm[16];
-      k_scales_mins(blks[j] + 4, sm);
-      for (int k = 0; k < 8; ++k) out[32 + 8 * k + j] = sm[k], out[96 + 8 * k + j] = sm[8 + k];
+      if (TO_GROUP) k_scales_mins(rows[j] + 4, sm);
+      for (int k = 0; k < 8; ++k) move(group + 32 + 8 * k + j, sm + k, 1), move(group + 96 + 8 * k + j, sm + 8 + k, 1);
+      if (!TO_GROUP) k_scales_pack(sm, rows[j] + 4);
       for (int c = 0; c < 4; ++c)
-        for (int g = 0; g < 8; ++g) std::memcpy(out + 160 + 256 * c + 32 * g + 4 * j, blks[j] + 16 + 32 * c + 4 * g, 4);
+        for (int g = 0; g < 8; ++g) move(group + 160 + 256 * c + 32 * g + 4 * j, rows[j] + 16 + 32 * c + 4 * g, 4);
     }
     return;
   }
   const bool has_min = type == Q4_1 || type == Q5_1, has_high = type == Q5_0 || type == Q5_1;
-  const int64_t qoff = (has_min ? 4 : 2) + (has_high ? 4 : 0);  // the file block's qs
-  uint8_t* o = out;
-  for (int j = 0; j < IL; ++j) std::memcpy(o + 2 * j, blks[j], 2);
+  const int64_t qh_off = has_min ? 4 : 2, qoff = qh_off + (has_high ? 4 : 0);  // in the file block
+  uint8_t* o = group;
+  for (int j = 0; j < IL; ++j) move(o + 2 * j, rows[j], 2);
   o += 16;
   if (has_min) {
-    for (int j = 0; j < IL; ++j) std::memcpy(o + 2 * j, blks[j] + 2, 2);
+    for (int j = 0; j < IL; ++j) move(o + 2 * j, rows[j] + 2, 2);
     o += 16;
   }
   if (has_high) {
-    uint32_t qh[IL], words[IL] = {};
-    for (int j = 0; j < IL; ++j) std::memcpy(&qh[j], blks[j] + (has_min ? 4 : 2), 4);
-    for (int g = 0; g < IL; ++g)
-      for (int j = 0; j < IL; ++j)
-        for (int i = 0; i < 4; ++i) words[g] |= ((qh[j] >> (4 * g + i)) & 1u) << (4 * j + i);
-    std::memcpy(o, words, 32);
+    uint32_t from[IL], to[IL];
+    for (int j = 0; j < IL; ++j) TO_GROUP ? std::memcpy(&from[j], rows[j] + qh_off, 4) : std::memcpy(&from[j], o + 4 * j, 4);
+    transpose_nibbles(from, to);
+    for (int j = 0; j < IL; ++j) TO_GROUP ? std::memcpy(o + 4 * j, &to[j], 4) : std::memcpy(rows[j] + qh_off, &to[j], 4);
     o += 32;
   }
   const int chunks = type == Q8_0 ? 8 : 4;
   for (int c = 0; c < chunks; ++c)
-    for (int j = 0; j < IL; ++j) std::memcpy(o + 32 * c + 4 * j, blks[j] + qoff + 4 * c, 4);
-}
-
-inline void deinterleave_block(int64_t type, const uint8_t* in, uint8_t* const blks[IL]) {
-  if (type == Q4_K) {
-    for (int j = 0; j < IL; ++j) {
-      std::memcpy(blks[j], in + 2 * j, 2), std::memcpy(blks[j] + 2, in + 16 + 2 * j, 2);
-      uint8_t sm[16];
-      for (int k = 0; k < 8; ++k) sm[k] = in[32 + 8 * k + j], sm[8 + k] = in[96 + 8 * k + j];
-      k_scales_pack(sm, blks[j] + 4);
-      for (int c = 0; c < 4; ++c)
-        for (int g = 0; g < 8; ++g) std::memcpy(blks[j] + 16 + 32 * c + 4 * g, in + 160 + 256 * c + 32 * g + 4 * j, 4);
-    }
-    return;
-  }
-  const bool has_min = type == Q4_1 || type == Q5_1, has_high = type == Q5_0 || type == Q5_1;
-  const int64_t qoff = (has_min ? 4 : 2) + (has_high ? 4 : 0);
-  const uint8_t* p = in;
-  for (int j = 0; j < IL; ++j) std::memcpy(blks[j], p + 2 * j, 2);
-  p += 16;
-  if (has_min) {
-    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + 2, p + 2 * j, 2);
-    p += 16;
-  }
-  if (has_high) {
-    uint32_t words[IL], qh[IL] = {};
-    std::memcpy(words, p, 32);
-    for (int g = 0; g < IL; ++g)
-      for (int j = 0; j < IL; ++j)
-        for (int i = 0; i < 4; ++i) qh[j] |= ((words[g] >> (4 * j + i)) & 1u) << (4 * g + i);
-    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + (has_min ? 4 : 2), &qh[j], 4);
-    p += 32;
-  }
-  const int chunks = type == Q8_0 ? 8 : 4;
-  for (int c = 0; c < chunks; ++c)
-    for (int j = 0; j < IL; ++j) std::memcpy(blks[j] + qoff + 4 * c, p + 32 * c + 4 * j, 4);
+    for (int j = 0; j < IL; ++j) move(o + 32 * c + 4 * j, rows[j] + qoff + 4 * c, 4);
 }
 
 // A block unpacked: value i = (d sc[g]) q[i] - dmin mn[g], g = i / group: sub-blocks of 32 (Q4_K,

@@ -155,12 +155,14 @@ class BlockLinear(nn.Module):
         self.out_features, self.in_features = sum(p.shape[0] for p in self.parts), self.parts[0].shape[1]
         if any(p.shape[1] != self.in_features for p in self.parts):
             raise ValueError("stacked weights must have the same number of columns")
+        # what the C++ GEMM takes, fixed from here on: built once, not on every call
+        self._kernel_args = ([p.raw for p in self.parts], [p.kernel_type for p in self.parts],
+                             [p.shape[0] for p in self.parts], self.in_features)
         self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias, requires_grad=False)
 
     def kernel_args(self) -> tuple[list[torch.Tensor], list[int], list[int], int]:
-        """(raw parts, ggml types, rows per part, in_features): what the C++ GEMM takes."""
-        return ([p.raw for p in self.parts], [p.kernel_type for p in self.parts], [p.shape[0] for p in self.parts],
-                self.in_features)
+        """(raw parts, ggml types (| INTERLEAVED), rows per part, in_features): what the C++ GEMM takes."""
+        return self._kernel_args
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

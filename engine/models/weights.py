@@ -51,7 +51,7 @@ class WeightCopier:
 
     def check_all_used(self, optional: tuple[str, ...] = ("lm_head.weight",)) -> None:
         # rotary_emb.inv_freq, which some checkpoints carry, is recomputed from the config
-        unused = sorted(n for n in set(self.weights) - self.taken - set(optional) if "rotary_emb" not in n)
+        unused = sorted(n for n in set(self.weights) - set(optional) if "rotary_emb" not in n)  # take() popped the rest
         if unused:
             raise ValueError(f"checkpoint has tensors this model does not use: {', '.join(unused[:5])}")
 
